@@ -1,0 +1,95 @@
+//! `cln-replica status`: what the journal holds, and the plugin's live state.
+
+use crate::config::{self, Config};
+use crate::inventory::inventory;
+use crate::status::PluginStatus;
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Show the journal's generations, the restorable versions and times, and the plugin's state
+#[derive(clap::Args)]
+pub struct Args {
+    /// The journal directory (default: from the configuration)
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// The configuration file (default: $CLN_REPLICA_CONFIG, or cln-replica.toml in --lightning-dir)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The lightning network directory holding cln-replica.toml
+    #[arg(long)]
+    lightning_dir: Option<PathBuf>,
+    /// Print as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let cwd = std::env::current_dir()?;
+    let net_dir = a.lightning_dir.clone().unwrap_or(cwd);
+    let config = match (&a.from, &a.config) {
+        (Some(_), None) => None,
+        (_, Some(path)) => Some(Config::load(path, &net_dir)?),
+        (None, None) => {
+            let path = config::locate(&net_dir);
+            if !path.exists() {
+                bail!("no journal given: use --from DIR, --config FILE or --lightning-dir DIR (no {})", path.display());
+            }
+            Some(Config::load(&path, &net_dir)?)
+        }
+    };
+    let journal = a.from.clone().or_else(|| config.as_ref().map(|c| c.journal.clone())).expect("journal known");
+    let inv = inventory(&journal)?;
+    let live: Option<PluginStatus> = config
+        .as_ref()
+        .and_then(|c| c.status_file.as_ref())
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"journal": inv, "plugin": live}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("journal {}", inv.journal.display());
+    if inv.generations.is_empty() {
+        println!("  no generation yet: the plugin takes the first snapshot at its first database write");
+    }
+    for g in &inv.generations {
+        println!(
+            "  generation {}: {} at data_version {} ({}), changes up to data_version {}, {} records, last write {}{}",
+            g.generation,
+            g.base,
+            g.base_version,
+            super::bytes(g.snapshot_bytes),
+            g.last_version,
+            g.records,
+            super::time::format_unix_ms(g.last_write_unix_ms),
+            if g.sealed { ", sealed (clean stop)" } else { "" }
+        );
+        println!(
+            "    restorable: data_versions {}..={}, times {} .. {}; {} on disk ({} of records)",
+            g.base_version,
+            g.last_version,
+            super::time::format_unix_ms(g.created_unix_ms),
+            super::time::format_unix_ms(g.last_write_unix_ms),
+            super::bytes(g.disk_bytes),
+            super::bytes(g.record_bytes)
+        );
+        if let Some(e) = &g.error {
+            println!("    PROBLEM: {e} (run `cln-replica verify`)");
+        }
+    }
+    if let Some(s) = live {
+        println!(
+            "plugin (pid {}): {:?}{}, data_version {:?}, hook p50 {:?} us, p99 {:?} us, status updated {}",
+            s.pid,
+            s.state,
+            s.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+            s.data_version,
+            s.hook_latency_us_p50,
+            s.hook_latency_us_p99,
+            super::time::format_unix_ms(s.updated_unix_ms)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

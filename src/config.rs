@@ -1,0 +1,156 @@
+//! `cln-replica.toml`: where the plugin finds its configuration.
+//!
+//! lightningd calls `db_write` before `init`, so plugin options cannot carry
+//! the configuration: the plugin reads this file from its working directory
+//! (the lightning network directory) or from the path in `CLN_REPLICA_CONFIG`.
+//! Unknown keys are errors, so that a typo never silently disables a setting.
+
+use crate::journal::JournalOptions;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "cln-replica.toml";
+pub const CONFIG_ENV: &str = "CLN_REPLICA_CONFIG";
+pub const DEFAULT_DATABASE: &str = "lightningd.sqlite3";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory on the backup device that holds the journal.
+    pub journal: PathBuf,
+    /// lightningd's database, relative to the lightning network directory
+    /// (the plugin's working directory) unless absolute.
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// O_DIRECT journal writes; refusing them stops the node unless this is false.
+    #[serde(default = "default_true")]
+    pub direct_io: bool,
+    /// Record alignment in bytes (a power of two, at least the device's).
+    #[serde(default = "default_block_bytes")]
+    pub block_bytes: u32,
+    /// Size of each preallocated journal segment.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// After lightningd's `shutdown` notification, exit once no hook has come
+    /// for this long.
+    #[serde(default = "default_shutdown_quiet_ms")]
+    pub shutdown_quiet_ms: u64,
+    /// Where the plugin publishes its status as JSON (atomically replaced).
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+}
+
+fn default_database() -> PathBuf {
+    PathBuf::from(DEFAULT_DATABASE)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_block_bytes() -> u32 {
+    JournalOptions::default().block_bytes
+}
+fn default_segment_bytes() -> u64 {
+    JournalOptions::default().segment_bytes
+}
+fn default_shutdown_quiet_ms() -> u64 {
+    500
+}
+
+impl Config {
+    /// A configuration with defaults for everything but the journal.
+    pub fn new(journal: PathBuf) -> Config {
+        Config {
+            journal,
+            database: default_database(),
+            direct_io: true,
+            block_bytes: default_block_bytes(),
+            segment_bytes: default_segment_bytes(),
+            shutdown_quiet_ms: default_shutdown_quiet_ms(),
+            status_file: None,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.journal.as_os_str().is_empty() {
+            bail!("`journal` is empty: name the directory on the backup device");
+        }
+        self.journal_options().validate()?;
+        if self.shutdown_quiet_ms > 30_000 {
+            bail!("shutdown_quiet_ms must be at most 30000 (lightningd stops waiting for plugins after 30 s)");
+        }
+        Ok(())
+    }
+
+    pub fn journal_options(&self) -> JournalOptions {
+        JournalOptions { direct_io: self.direct_io, block_bytes: self.block_bytes, segment_bytes: self.segment_bytes }
+    }
+
+    /// Reads and checks a configuration file; relative paths in it are
+    /// resolved: `journal` against the file's directory, `database` against
+    /// `network_dir`.
+    pub fn load(path: &Path, network_dir: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut c = Config::parse(&text).with_context(|| format!("invalid {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if c.journal.is_relative() {
+            c.journal = base.join(&c.journal);
+        }
+        if c.database.is_relative() {
+            c.database = network_dir.join(&c.database);
+        }
+        Ok(c)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}
+
+/// Where the plugin looks for its configuration: `$CLN_REPLICA_CONFIG`, or
+/// `cln-replica.toml` in the working directory.
+pub fn locate(cwd: &Path) -> PathBuf {
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => cwd.join(CONFIG_FILE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("journal = \"/mnt/lnbackup/cln-replica\"\n").unwrap();
+        assert_eq!(c, Config::new("/mnt/lnbackup/cln-replica".into()));
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let e = Config::parse("journal = \"/j\"\ndirect_oi = false\n").unwrap_err().to_string();
+        assert!(e.contains("direct_oi"), "{e}");
+        assert!(Config::parse("").unwrap_err().to_string().contains("journal"));
+        assert!(Config::parse("journal = \"/j\"\nblock_bytes = 1000\n").is_err());
+        assert!(Config::parse("journal = \"/j\"\nsegment_bytes = 10\n").is_err());
+        assert!(Config::parse("journal = 5\n").is_err());
+        assert!(Config::parse("journal = \"\"\n").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "journal = \"j\"\n").unwrap();
+        let c = Config::load(&path, Path::new("/net")).unwrap();
+        assert_eq!(c.journal, dir.path().join("j"));
+        assert_eq!(c.database, Path::new("/net/lightningd.sqlite3"));
+    }
+}

@@ -1,0 +1,122 @@
+//! The real backup device: O_DIRECT files, fdatasync, fsync'd directories.
+
+use super::{Device, DeviceFile};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealDevice;
+
+struct RealFile {
+    file: File,
+}
+
+impl DeviceFile for RealFile {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn size(&mut self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+fn open(path: &Path, create: bool, direct: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).mode(0o600);
+    if create {
+        opts.create(true).truncate(true);
+    }
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    opts.open(path)
+}
+
+impl Device for RealDevice {
+    fn create(&self, path: &Path, direct: bool) -> io::Result<Box<dyn DeviceFile>> {
+        Ok(Box::new(RealFile { file: open(path, true, direct)? }))
+    }
+
+    fn open_rw(&self, path: &Path, direct: bool) -> io::Result<Box<dyn DeviceFile>> {
+        Ok(Box::new(RealFile { file: open(path, false, direct)? }))
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o700).create(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+
+    fn dio_alignment(&self, path: &Path) -> Option<u32> {
+        dio_alignment(path)
+    }
+}
+
+/// The file offset alignment O_DIRECT needs for the regular file `file`, from
+/// `statx(STATX_DIOALIGN)` (Linux 6.1+; filesystems report it for regular
+/// files only). `None` when the kernel or filesystem does not say.
+pub fn dio_alignment(file: &Path) -> Option<u32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    const STATX_DIOALIGN: u32 = 0x2000;
+    // struct statx is 256 bytes; stx_dio_offset_align sits at byte 156.
+    let mut buf = [0u64; 32];
+    let c = CString::new(file.as_os_str().as_bytes()).ok()?;
+    // SAFETY: buf is 256 bytes, the size of struct statx, and properly aligned.
+    let rc =
+        unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, STATX_DIOALIGN, buf.as_mut_ptr() as *mut libc::statx) };
+    if rc != 0 {
+        return None;
+    }
+    let bytes: &[u8; 256] = unsafe { &*(buf.as_ptr() as *const [u8; 256]) };
+    let mask = u32::from_ne_bytes(bytes[0..4].try_into().ok()?);
+    if mask & STATX_DIOALIGN == 0 {
+        return None;
+    }
+    let offset_align = u32::from_ne_bytes(bytes[156..160].try_into().ok()?);
+    (offset_align != 0).then_some(offset_align)
+}

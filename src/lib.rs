@@ -1,0 +1,28 @@
+//! cln-replica: a Core Lightning `db_write` plugin that keeps a durable
+//! journal of lightningd's database on a second device, and the tools that
+//! restore and verify it. docs/ARCHITECTURE.md shows how the modules fit.
+//!
+//! - [`plugin`]: the plugin protocol and the hook handler (the hot path);
+//! - [`state`]: the data_version discipline (what each hook call means);
+//! - [`journal`]: the on-disk journal (format, writer, reader);
+//! - [`device`]: the I/O trait everything durable goes through;
+//! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
+//!   way in and the way back out;
+//! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
+//! - [`cli`]: the command line, one file per subcommand.
+
+pub mod cli;
+pub mod config;
+pub mod dbcompare;
+pub mod device;
+pub mod inventory;
+pub mod journal;
+pub mod plugin;
+pub mod replay;
+pub mod restore;
+pub mod rpc;
+pub mod sim;
+pub mod snapshot;
+pub mod state;
+pub mod status;
+pub mod verify;

@@ -1,0 +1,321 @@
+//! JSON-RPC 2.0 framing over the plugin's stdin and stdout.
+//!
+//! lightningd writes one JSON object per message and ends each with a blank
+//! line, but a reader must accept any whitespace between objects (DOMAIN.md).
+//! [`FrameReader`] finds object boundaries itself (tracking strings and
+//! escapes), so a message is parsed once, from one contiguous slice, and a
+//! read can wait with a timeout (needed after `shutdown`). Anything that is not
+//! a JSON object between messages is a protocol error: the plugin cannot know
+//! whether it was a hook waiting for an answer, so it stops (and lightningd,
+//! for which it is an important plugin, stops with it).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::io::{self, Read, Write};
+use std::os::unix::io::RawFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Largest message accepted. lightningd's largest `db_write` calls (a schema
+/// migration, a big transaction) are a few megabytes; the journal refuses
+/// changes above 128 MiB anyway.
+pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
+
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    #[error("reading from lightningd: {0}")]
+    Io(#[from] io::Error),
+    #[error("lightningd sent byte {0:#04x} where a JSON object should start")]
+    Garbage(u8),
+    #[error("a message from lightningd exceeds {MESSAGE_BYTES_MAX} bytes")]
+    TooLarge,
+    #[error("lightningd closed the connection in the middle of a message")]
+    Truncated,
+}
+
+#[derive(Debug)]
+pub enum Frame {
+    /// One complete JSON object (its bytes, without surrounding whitespace).
+    Message(Vec<u8>),
+    /// lightningd closed our stdin.
+    Eof,
+    /// No complete message arrived within the timeout.
+    Timeout,
+}
+
+/// Splits a byte stream into JSON objects.
+pub struct FrameReader<R> {
+    inner: R,
+    /// File descriptor to poll for a timed read; `None` reads block.
+    poll_fd: Option<RawFd>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already scanned as part of the current object.
+    scanned: usize,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    eof: bool,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R, poll_fd: Option<RawFd>) -> Self {
+        FrameReader {
+            inner,
+            poll_fd,
+            buf: Vec::with_capacity(64 << 10),
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            eof: false,
+        }
+    }
+
+    /// Scans new bytes; returns the length of a complete object at the start
+    /// of `buf` once its closing brace is seen.
+    fn scan(&mut self) -> Result<Option<usize>, ProtocolError> {
+        while self.scanned < self.buf.len() {
+            let b = self.buf[self.scanned];
+            self.scanned += 1;
+            if self.depth == 0 {
+                match b {
+                    b' ' | b'\t' | b'\r' | b'\n' => {
+                        // Whitespace between messages: drop it.
+                        self.buf.drain(..self.scanned);
+                        self.scanned = 0;
+                        continue;
+                    }
+                    b'{' => self.depth = 1,
+                    other => return Err(ProtocolError::Garbage(other)),
+                }
+                continue;
+            }
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Ok(Some(self.scanned));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.buf.len() > MESSAGE_BYTES_MAX {
+            return Err(ProtocolError::TooLarge);
+        }
+        Ok(None)
+    }
+
+    fn wait_readable(&self, deadline: Option<Instant>) -> Result<bool, ProtocolError> {
+        let (Some(fd), Some(deadline)) = (self.poll_fd, deadline) else { return Ok(true) };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            return Ok(rc > 0);
+        }
+    }
+
+    /// The next message; with `timeout`, gives up after that long without
+    /// a complete message.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame, ProtocolError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(len) = self.scan()? {
+                let rest = self.buf.split_off(len);
+                let msg = std::mem::replace(&mut self.buf, rest);
+                self.scanned = 0;
+                self.depth = 0;
+                return Ok(Frame::Message(msg));
+            }
+            if self.eof {
+                return if self.buf.iter().all(u8::is_ascii_whitespace) {
+                    Ok(Frame::Eof)
+                } else {
+                    Err(ProtocolError::Truncated)
+                };
+            }
+            if !self.wait_readable(deadline)? {
+                return Ok(Frame::Timeout);
+            }
+            let old = self.buf.len();
+            self.buf.resize(old + (64 << 10), 0);
+            let n = loop {
+                match self.inner.read(&mut self.buf[old..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.buf.truncate(old);
+                        return Err(e.into());
+                    }
+                }
+            };
+            self.buf.truncate(old + n);
+            if n == 0 {
+                self.eof = true;
+            }
+        }
+    }
+}
+
+/// A message from lightningd: a request (with `id`) or a notification.
+#[derive(Debug, Deserialize)]
+pub struct Incoming<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(borrow, default)]
+    pub params: Option<&'a RawValue>,
+}
+
+/// The `db_write` hook's parameters.
+#[derive(Debug, Deserialize)]
+pub struct DbWrite<'a> {
+    pub data_version: u32,
+    #[serde(borrow)]
+    pub writes: Vec<Statement<'a>>,
+}
+
+/// One SQL statement, borrowed from the message unless it contains JSON
+/// escapes (serde does not borrow through `Vec<Cow>` without this wrapper).
+#[derive(Debug, Deserialize)]
+pub struct Statement<'a>(#[serde(borrow)] pub std::borrow::Cow<'a, str>);
+
+impl AsRef<str> for Statement<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The plugin's stdout, shared by the main loop (replies) and background
+/// threads (log notifications). Every message is written whole and flushed.
+pub struct Output {
+    inner: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Output {
+    pub fn new(w: Box<dyn Write + Send>) -> Output {
+        Output { inner: Mutex::new(w) }
+    }
+
+    pub fn send(&self, json: &str) -> io::Result<()> {
+        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(json.as_bytes())?;
+        w.write_all(b"\n\n")?;
+        w.flush()
+    }
+
+    pub fn reply(&self, id: &RawValue, result: &str) -> io::Result<()> {
+        self.send(&format!(r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#, id.get(), result))
+    }
+
+    pub fn reply_error(&self, id: &RawValue, code: i32, message: &str) -> io::Result<()> {
+        let message = serde_json::to_string(message).expect("string serialises");
+        self.send(&format!(r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":{code},"message":{message}}}}}"#, id.get()))
+    }
+
+    /// A `log` notification: it lands in lightningd's log with our name.
+    /// Levels: "debug", "info", "warn", "error".
+    pub fn log(&self, level: &str, message: &str) {
+        let message = serde_json::to_string(message).expect("string serialises");
+        let _ = self
+            .send(&format!(r#"{{"jsonrpc":"2.0","method":"log","params":{{"level":"{level}","message":{message}}}}}"#));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8]) -> (Vec<String>, Option<String>) {
+        let mut r = FrameReader::new(input, None);
+        let mut out = vec![];
+        loop {
+            match r.next(None) {
+                Ok(Frame::Message(m)) => out.push(String::from_utf8(m).unwrap()),
+                Ok(Frame::Eof) => return (out, None),
+                Ok(Frame::Timeout) => unreachable!(),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+
+    #[test]
+    fn any_whitespace_between_objects() {
+        let (msgs, err) = frames(b"{\"a\":1}\n\n{\"b\":\"}{\\\"\"}{}\r\n\t {\"c\":[{},{\"d\":\"]\"}]}\n");
+        assert_eq!(msgs, vec!["{\"a\":1}", "{\"b\":\"}{\\\"\"}", "{}", "{\"c\":[{},{\"d\":\"]\"}]}"]);
+        assert!(err.is_none());
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors() {
+        let (msgs, err) = frames(b"{\"a\":1} x {\"b\":2}");
+        assert_eq!(msgs.len(), 1);
+        assert!(err.unwrap().contains("0x78"));
+        let (msgs, err) = frames(b"{\"a\":1}\n{\"b\":");
+        assert_eq!(msgs.len(), 1);
+        assert!(err.unwrap().contains("middle"));
+    }
+
+    #[test]
+    fn messages_split_across_reads() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() || buf.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = self.0[0];
+                self.0 = &self.0[1..];
+                Ok(1)
+            }
+        }
+        let input = br#"{"id":"cln:db_write#42","params":{"writes":["x\"}"]}}  {"id":7}"#;
+        let mut r = FrameReader::new(Trickle(input), None);
+        let Frame::Message(m) = r.next(None).unwrap() else { panic!() };
+        assert_eq!(m, &input[..53]);
+        let Frame::Message(m) = r.next(None).unwrap() else { panic!() };
+        assert_eq!(m, br#"{"id":7}"#);
+        assert!(matches!(r.next(None).unwrap(), Frame::Eof));
+    }
+
+    #[test]
+    fn db_write_params_borrow_and_reject_bad_types() {
+        let ok: DbWrite = serde_json::from_str(r#"{"data_version":4294967295,"writes":["a","b\"c"]}"#).unwrap();
+        assert_eq!(ok.data_version, u32::MAX);
+        assert!(matches!(ok.writes[0].0, std::borrow::Cow::Borrowed("a")));
+        assert_eq!(ok.writes[1].as_ref(), "b\"c");
+        for bad in [
+            r#"{"data_version":-1,"writes":[]}"#,
+            r#"{"data_version":4294967296,"writes":[]}"#,
+            r#"{"data_version":1,"writes":[1]}"#,
+            r#"{"data_version":1,"writes":"x"}"#,
+            r#"{"writes":[]}"#,
+        ] {
+            assert!(serde_json::from_str::<DbWrite>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Replaying a generation's records onto a copy of its snapshot, exactly as
+//! lightningd ran them: `PRAGMA foreign_keys = ON`, one transaction per
+//! transactional record, in-place (PRAGMA-only) records outside any
+//! transaction. Used by restore, verify and the mirror.
+//!
+//! Which records to replay is decided by [`crate::state::Resolver`]; this
+//! module only applies them and says precisely where a replay failed.
+
+use crate::journal::format::RecordKind;
+use crate::journal::reader::{Generation, Record, RecordLoc};
+use crate::state::{CallKind, Resolver, Tip};
+use anyhow::{anyhow, bail, Context, Result};
+use rusqlite::Connection;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Opens a database for replay with lightningd's settings.
+pub fn open_for_replay(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Foreign keys as lightningd runs them: `DELETE FROM blocks` must cascade.
+    // The rollback journal stays in memory: a failed replay discards the file.
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;")
+        .with_context(|| format!("cannot configure {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Applies one resolved record. A failing statement is named by its
+/// data_version, its position in the record and the record's location.
+pub fn apply(conn: &Connection, rec: &Record, kind: CallKind) -> Result<()> {
+    let statements = rec.statements()?;
+    let fail = |i: usize, e: rusqlite::Error| {
+        let s = statements[i];
+        let shown: String = s.chars().take(160).collect();
+        anyhow!(
+            "replaying data_version {} failed at statement {} of {} (record {} at {}): {e}\n  statement: {shown}{}",
+            rec.header.data_version,
+            i + 1,
+            statements.len(),
+            rec.header.seq,
+            rec.loc,
+            if shown.len() < s.len() { "..." } else { "" }
+        )
+    };
+    match kind {
+        CallKind::Txn => {
+            conn.execute_batch("BEGIN").context("cannot begin a transaction")?;
+            for (i, s) in statements.iter().enumerate() {
+                if let Err(e) = conn.execute_batch(s) {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(fail(i, e));
+                }
+            }
+            conn.execute_batch("COMMIT")
+                .map_err(|e| anyhow!("commit of data_version {} failed: {e}", rec.header.data_version))?;
+        }
+        CallKind::InPlace => {
+            for (i, s) in statements.iter().enumerate() {
+                conn.execute_batch(s).map_err(|e| fail(i, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies a generation's snapshot to `dest` (mode 0600), checking its size
+/// and checksum against the generation header on the way.
+pub fn copy_snapshot(generation: &Generation, dest: &Path) -> Result<()> {
+    let src_path = generation.snapshot_path();
+    let mut src = File::open(&src_path).with_context(|| format!("cannot open the snapshot {}", src_path.display()))?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut len, mut crc) = (0u64, 0u32);
+    loop {
+        let n = src.read(&mut buf).with_context(|| format!("cannot read {}", src_path.display()))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        len += n as u64;
+        dst.write_all(&buf[..n]).with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    let h = &generation.header;
+    if (len, crc) != (h.snapshot_bytes, h.snapshot_crc32c) {
+        bail!(
+            "the snapshot of generation {} ({}) is damaged: {len} bytes with checksum {crc:#010x}, \
+             the generation header records {} bytes with checksum {:#010x}",
+            generation.number,
+            src_path.display(),
+            h.snapshot_bytes,
+            h.snapshot_crc32c
+        );
+    }
+    Ok(())
+}
+
+/// Outcome of replaying a generation.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOutcome {
+    /// Records applied (transactions and in-place records).
+    pub applied: u64,
+    /// The data_version the database reached.
+    pub data_version: u32,
+    /// The last applied transaction was acknowledged to lightningd but no later
+    /// record confirms that lightningd committed it.
+    pub last_unconfirmed: bool,
+    /// Where a torn, unacknowledged record was ignored.
+    pub torn_tail: Option<RecordLoc>,
+    pub last_time_unix_ms: u64,
+    /// The journal's records go beyond `until`.
+    pub stopped_early: bool,
+}
+
+/// Replays `generation` onto `conn` (which holds its snapshot), up to and
+/// including data_version `until` if given, and only records written at or
+/// before `before_unix_ms` if given. `on_record` is called after each applied
+/// record (progress reporting).
+pub fn replay_generation(
+    conn: &Connection,
+    generation: &Generation,
+    until: Option<u32>,
+    before_unix_ms: Option<u64>,
+    mut on_record: impl FnMut(&Record),
+) -> Result<ReplayOutcome> {
+    let base = generation.header.base_version;
+    let mut out = ReplayOutcome {
+        data_version: base,
+        last_time_unix_ms: generation.header.created_unix_ms,
+        ..Default::default()
+    };
+    let within = |r: &Record| {
+        until.is_none_or(|u| r.header.data_version <= u) && before_unix_ms.is_none_or(|t| r.header.time_unix_ms <= t)
+    };
+    let mut resolver: Resolver<Record> = Resolver::new(base);
+    let mut ready: Vec<(CallKind, Record)> = Vec::with_capacity(2);
+    let mut scanner = generation.records();
+    for rec in scanner.by_ref() {
+        let rec = rec?;
+        if rec.header.kind == RecordKind::Seal {
+            // Pair check: the seal repeats the tip the records led to.
+            let sealed = Tip::At { version: rec.header.data_version, pending_txn: rec.header.is_txn() };
+            if sealed != resolver.tip() {
+                bail!(
+                    "corrupt journal at {}: seal record says {sealed:?}, the records before it lead to {:?}",
+                    rec.loc,
+                    resolver.tip()
+                );
+            }
+            continue;
+        }
+        // A record past the limit still tells whether the pending one before
+        // it was committed; it is pushed, then replay stops.
+        let last = !within(&rec);
+        let kind = rec.call_kind();
+        resolver
+            .push(rec.header.data_version, kind, rec, |_, k, r| ready.push((k, r)))
+            .map_err(|d| anyhow!("corrupt journal in generation {}: {d}", generation.number))?;
+        for (kind, r) in ready.drain(..) {
+            if within(&r) {
+                apply(conn, &r, kind)?;
+                note(&mut out, &r);
+                on_record(&r);
+            }
+        }
+        if last {
+            out.stopped_early = true;
+            return Ok(out);
+        }
+    }
+    out.torn_tail = scanner.tail().and_then(|t| t.torn);
+    if let Some((_, r)) = resolver.finish() {
+        apply(conn, &r, CallKind::Txn)?;
+        note(&mut out, &r);
+        on_record(&r);
+        out.last_unconfirmed = true;
+    }
+    Ok(out)
+}
+
+fn note(out: &mut ReplayOutcome, r: &Record) {
+    out.applied += 1;
+    out.data_version = r.header.data_version;
+    out.last_time_unix_ms = r.header.time_unix_ms;
+    out.last_unconfirmed = false;
+}
+
+/// Checks a replayed database: SQLite's integrity check, and its
+/// `vars.data_version` against the version the replay reached.
+pub fn check_database(conn: &Connection, expected: u32, empty_allowed: bool) -> Result<()> {
+    let integrity: String =
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).context("integrity check failed to run")?;
+    if integrity != "ok" {
+        bail!("the database fails SQLite's integrity check: {integrity}");
+    }
+    match crate::snapshot::data_version(conn)? {
+        Some(v) if v == expected => Ok(()),
+        None if empty_allowed && expected == 0 => Ok(()),
+        got => bail!(
+            "the database's vars.data_version is {}, but the journal's last applied change is data_version {expected}",
+            got.map_or("missing".to_string(), |v| v.to_string())
+        ),
+    }
+}
+
+/// fsyncs a file and its directory.
+pub fn sync_file_and_dir(path: &Path) -> Result<()> {
+    File::open(path)?.sync_all().with_context(|| format!("cannot flush {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        File::open(dir)?.sync_all().with_context(|| format!("cannot flush {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes a file if it exists.
+pub fn remove_if_exists(path: &Path) {
+    let _ = fs::remove_file(path);
+}

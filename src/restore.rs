@@ -1,0 +1,125 @@
+//! Rebuilding `lightningd.sqlite3` from the journal.
+//!
+//! The newest generation whose base is at or before the wanted version is
+//! copied from its snapshot (checksum checked) to a temporary file next to
+//! the destination, its records are replayed ([`crate::replay`]), the result
+//! is checked (integrity, data_version), flushed, and only then renamed into
+//! place: an interrupted restore never leaves a half-built database under
+//! the destination's name.
+
+use crate::journal::reader::{self, Generation};
+use crate::replay;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    /// Stop at this data_version (inclusive); the newest if `None`.
+    pub at: Option<u32>,
+    /// Only changes written at or before this time (unix ms).
+    pub before_unix_ms: Option<u64>,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub to: PathBuf,
+    pub generation: u64,
+    pub base_version: u32,
+    pub records_applied: u64,
+    pub data_version: u32,
+    /// The last change was acknowledged to lightningd, and nothing later in
+    /// the journal shows whether lightningd committed it (it crashed or
+    /// stopped right after). The restored database includes it.
+    pub last_change_unconfirmed: bool,
+    pub torn_tail_ignored: bool,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Picks the generation to restore from for `at` (the newest when `None`).
+pub fn pick_generation(generations: &[Generation], at: Option<u32>) -> Result<&Generation> {
+    let Some(newest) = generations.last() else {
+        bail!("the journal holds no generation: nothing to restore (has the plugin run with this journal?)");
+    };
+    let Some(at) = at else { return Ok(newest) };
+    generations.iter().rev().find(|g| g.header.base_version <= at).ok_or_else(|| {
+        anyhow::anyhow!(
+            "data_version {at} is older than the oldest generation's snapshot (data_version {}): it is not restorable",
+            generations[0].header.base_version
+        )
+    })
+}
+
+/// Restores with `progress` called after each applied record.
+pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(u64)) -> Result<RestoreReport> {
+    let started = Instant::now();
+    if opts.to.exists() && !opts.force {
+        bail!("{} exists; restore will not overwrite it without --force", opts.to.display());
+    }
+    if opts.to.is_dir() {
+        bail!("{} is a directory: name the database file to create", opts.to.display());
+    }
+    let generations =
+        reader::generations(&opts.from).with_context(|| format!("cannot read the journal {}", opts.from.display()))?;
+    let generation = pick_generation(&generations, opts.at)?;
+    let tmp = temporary_path(&opts.to);
+    replay::remove_if_exists(&tmp);
+    let result = (|| -> Result<RestoreReport> {
+        replay::copy_snapshot(generation, &tmp)?;
+        let conn = replay::open_for_replay(&tmp)?;
+        let mut n = 0;
+        let outcome = replay::replay_generation(&conn, generation, opts.at, opts.before_unix_ms, |_| {
+            n += 1;
+            progress(n);
+        })?;
+        if let Some(at) = opts.at {
+            if outcome.data_version != at {
+                bail!(
+                    "data_version {at} is not in the journal: generation {} covers data_versions {} to {}{}",
+                    generation.number,
+                    generation.header.base_version,
+                    outcome.data_version,
+                    match generations.iter().find(|g| g.number > generation.number) {
+                        Some(next) => format!(
+                            ", the next generation starts at {} (lightningd ran without the plugin in between)",
+                            next.header.base_version
+                        ),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
+        replay::check_database(&conn, outcome.data_version, true)?;
+        conn.close().map_err(|(_, e)| e).context("cannot close the restored database")?;
+        replay::sync_file_and_dir(&tmp)?;
+        std::fs::rename(&tmp, &opts.to)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), opts.to.display()))?;
+        replay::sync_file_and_dir(&opts.to)?;
+        Ok(RestoreReport {
+            to: opts.to.clone(),
+            generation: generation.number,
+            base_version: generation.header.base_version,
+            records_applied: outcome.applied,
+            data_version: outcome.data_version,
+            last_change_unconfirmed: outcome.last_unconfirmed && opts.at.is_none(),
+            torn_tail_ignored: outcome.torn_tail.is_some(),
+            bytes: std::fs::metadata(&opts.to).map(|m| m.len()).unwrap_or(0),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    })();
+    if result.is_err() {
+        replay::remove_if_exists(&tmp);
+    }
+    result
+}
+
+/// A temporary name in the destination's directory, so the final rename is atomic.
+pub fn temporary_path(to: &Path) -> PathBuf {
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
+    to.with_file_name(format!(".{name}.restore-{}.tmp", std::process::id()))
+}

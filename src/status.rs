@@ -1,0 +1,220 @@
+//! The plugin's live status: what it has made durable, whether it is in sync
+//! or halted and why, and how fast the hook answers.
+//!
+//! Other parts read it two ways: the `replica-status` RPC method, and a JSON
+//! file (`status_file` in the config) that a background thread replaces
+//! atomically on every change and at least once per [`HEARTBEAT`], so a reader
+//! can tell a live plugin from a dead one by `updated_unix_ms`. Nothing here
+//! runs on the hook's path except [`StatusBoard::record_hook`], one
+//! uncontended lock and a store.
+
+use crate::journal::writer::now_unix_ms;
+use crate::journal::Progress;
+use crate::state::Tip;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// The status file is rewritten at least this often while the plugin lives.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// ...and at most every this long, however fast changes come.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Started, journal not opened yet (no hook and no init so far).
+    Starting,
+    /// Every change lightningd committed is in the journal.
+    InSync,
+    /// The plugin refuses hooks: lightningd stops. `reason` says why.
+    Halted,
+    /// Clean stop: the journal is sealed.
+    Stopped,
+}
+
+/// The status as published (the status file's schema).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    pub state: PluginState,
+    pub reason: Option<String>,
+    pub pid: u32,
+    pub journal: Option<PathBuf>,
+    pub generation: u64,
+    /// The last data_version in the journal.
+    pub data_version: Option<u32>,
+    /// The last change may not have been committed by lightningd yet.
+    pub pending: bool,
+    pub journal_bytes: u64,
+    pub last_write_unix_ms: u64,
+    pub sealed: bool,
+    pub hooks: u64,
+    pub hook_latency_us_p50: Option<u64>,
+    pub hook_latency_us_p99: Option<u64>,
+    pub updated_unix_ms: u64,
+}
+
+/// The last hook latencies, for percentiles. Bounded: 4096 samples.
+pub struct LatencyRing {
+    samples: Box<[u32; 4096]>,
+    count: u64,
+}
+
+impl Default for LatencyRing {
+    fn default() -> Self {
+        LatencyRing { samples: Box::new([0; 4096]), count: 0 }
+    }
+}
+
+impl LatencyRing {
+    pub fn record(&mut self, us: u64) {
+        let i = (self.count % 4096) as usize;
+        self.samples[i] = us.min(u32::MAX as u64) as u32;
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// (p50, p99) over the retained samples.
+    pub fn percentiles(&self) -> Option<(u64, u64)> {
+        let n = self.count.min(4096) as usize;
+        if n == 0 {
+            return None;
+        }
+        let mut v = self.samples[..n].to_vec();
+        v.sort_unstable();
+        let at = |q: f64| v[((n as f64 * q) as usize).min(n - 1)] as u64;
+        Some((at(0.50), at(0.99)))
+    }
+}
+
+#[derive(Default)]
+struct Board {
+    state: Option<PluginState>,
+    reason: Option<String>,
+    journal: Option<PathBuf>,
+    progress: Option<Arc<Progress>>,
+    latencies: LatencyRing,
+}
+
+/// Shared between the engine (which updates it) and the publisher thread.
+#[derive(Default)]
+pub struct StatusBoard {
+    inner: Mutex<Board>,
+}
+
+impl StatusBoard {
+    pub fn attach(&self, progress: Arc<Progress>, journal: PathBuf) {
+        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        b.progress = Some(progress);
+        b.journal = Some(journal);
+        if b.state.is_none() {
+            b.state = Some(PluginState::InSync);
+        }
+    }
+
+    pub fn set_state(&self, state: PluginState, reason: Option<String>) {
+        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // A halt is final for this process.
+        if b.state != Some(PluginState::Halted) {
+            b.state = Some(state);
+            b.reason = reason;
+        }
+        if let Some(p) = &b.progress {
+            p.publish(|_| {});
+        }
+    }
+
+    pub fn record_hook(&self, us: u64) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).latencies.record(us);
+    }
+
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).progress.clone()
+    }
+
+    pub fn snapshot(&self) -> PluginStatus {
+        let b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let p = b.progress.as_ref().map(|p| p.get()).unwrap_or_default();
+        let (data_version, pending) = match p.tip {
+            Tip::Empty => (None, false),
+            Tip::At { version, pending_txn } => (Some(version), pending_txn),
+        };
+        let pct = b.latencies.percentiles();
+        let mut state = b.state.unwrap_or(PluginState::Starting);
+        let mut reason = b.reason.clone();
+        if p.failed && state != PluginState::Halted {
+            state = PluginState::Halted;
+            reason = Some("the backup device failed".into());
+        }
+        PluginStatus {
+            state,
+            reason,
+            pid: std::process::id(),
+            journal: b.journal.clone(),
+            generation: p.generation,
+            data_version,
+            pending,
+            journal_bytes: p.journal_bytes,
+            last_write_unix_ms: p.last_write_unix_ms,
+            sealed: p.sealed,
+            hooks: b.latencies.count(),
+            hook_latency_us_p50: pct.map(|p| p.0),
+            hook_latency_us_p99: pct.map(|p| p.1),
+            updated_unix_ms: now_unix_ms(),
+        }
+    }
+}
+
+/// Replaces `path` with `status` atomically (write a temporary file, rename).
+pub fn write_status_file(path: &Path, status: &PluginStatus) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(status).expect("status serialises").as_bytes())?;
+        f.write_all(b"\n")?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Keeps the status file current until `stop` returns true. Failures to write
+/// it are reported once per kind and never affect the hook.
+pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    thread::Builder::new()
+        .name("status-publisher".into())
+        .spawn(move || {
+            if let Some(dir) = path.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let mut seen = 0;
+            let mut reported = false;
+            loop {
+                let status = board.snapshot();
+                if let Err(e) = write_status_file(&path, &status) {
+                    if !reported {
+                        eprintln!("cln-replica: cannot write the status file {}: {e}", path.display());
+                        reported = true;
+                    }
+                }
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                thread::sleep(MIN_INTERVAL);
+                seen = match board.progress() {
+                    Some(p) => p.wait_past(seen, HEARTBEAT).counter,
+                    None => {
+                        thread::sleep(HEARTBEAT);
+                        seen
+                    }
+                };
+            }
+        })
+        .expect("spawn the status publisher");
+}
