@@ -113,3 +113,6 @@ impl Progress {
         *s
     }
 }
+
+#[cfg(test)]
+mod tests;

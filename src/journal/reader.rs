@@ -187,7 +187,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// The statements of a change (none for a seal).
     pub fn statements(&self) -> Result<Vec<&str>, JournalError> {
+        if self.header.kind == RecordKind::Seal {
+            return Ok(vec![]);
+        }
         format::decode_statements(&self.payload).map_err(|e| JournalError::Corrupt {
             loc: self.loc,
             detail: format!("record for data_version {}: {e}", self.header.data_version),

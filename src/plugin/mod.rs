@@ -42,6 +42,14 @@ fn manifest() -> serde_json::Value {
 
 /// Runs the plugin on stdin/stdout; returns the process exit code.
 pub fn run() -> i32 {
+    // Whatever the build's panic strategy, a panic in any thread ends the
+    // process: lightningd then sees its important plugin die and stops,
+    // rather than waiting on a hook nobody will answer.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let out = Arc::new(Output::new(Box::new(std::io::stdout())));
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let mut engine = Engine::new(cwd, out.clone(), Arc::new(RealDevice));

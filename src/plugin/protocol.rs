@@ -45,12 +45,19 @@ pub enum Frame {
 }
 
 /// Splits a byte stream into JSON objects.
+///
+/// The buffer is reused: bytes live in `buf[start..end]`, and `scanned`
+/// marks how far the current object has been examined, so a message that
+/// arrives in many reads is scanned once. Inside strings (the SQL statements,
+/// nearly all of a `db_write`), `memchr` jumps to the next quote or backslash.
 pub struct FrameReader<R> {
     inner: R,
     /// File descriptor to poll for a timed read; `None` reads block.
     poll_fd: Option<RawFd>,
     buf: Vec<u8>,
-    /// Bytes of `buf` already scanned as part of the current object.
+    start: usize,
+    end: usize,
+    /// Absolute index in `buf` up to which the current object was scanned.
     scanned: usize,
     depth: u32,
     in_string: bool,
@@ -58,12 +65,16 @@ pub struct FrameReader<R> {
     eof: bool,
 }
 
+const READ_CHUNK: usize = 64 << 10;
+
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R, poll_fd: Option<RawFd>) -> Self {
         FrameReader {
             inner,
             poll_fd,
-            buf: Vec::with_capacity(64 << 10),
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
             scanned: 0,
             depth: 0,
             in_string: false,
@@ -72,48 +83,65 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// Scans new bytes; returns the length of a complete object at the start
-    /// of `buf` once its closing brace is seen.
+    /// Scans new bytes; returns the end (absolute index) of a complete object
+    /// starting at `start` once its closing brace is seen.
     fn scan(&mut self) -> Result<Option<usize>, ProtocolError> {
-        while self.scanned < self.buf.len() {
-            let b = self.buf[self.scanned];
-            self.scanned += 1;
+        let end = self.end;
+        let mut i = self.scanned;
+        while i < end {
             if self.depth == 0 {
-                match b {
+                match self.buf[i] {
+                    // Whitespace between messages: skip it.
                     b' ' | b'\t' | b'\r' | b'\n' => {
-                        // Whitespace between messages: drop it.
-                        self.buf.drain(..self.scanned);
-                        self.scanned = 0;
+                        i += 1;
+                        self.start = i;
                         continue;
                     }
                     b'{' => self.depth = 1,
                     other => return Err(ProtocolError::Garbage(other)),
                 }
+                i += 1;
                 continue;
             }
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
+                    i += 1;
+                    continue;
+                }
+                match memchr::memchr2(b'"', b'\\', &self.buf[i..end]) {
+                    None => {
+                        i = end;
+                        break;
+                    }
+                    Some(k) => {
+                        i += k;
+                        if self.buf[i] == b'\\' {
+                            self.escaped = true;
+                        } else {
+                            self.in_string = false;
+                        }
+                        i += 1;
+                    }
                 }
                 continue;
             }
-            match b {
+            match self.buf[i] {
                 b'"' => self.in_string = true,
                 b'{' | b'[' => self.depth += 1,
                 b'}' | b']' => {
                     self.depth -= 1;
                     if self.depth == 0 {
-                        return Ok(Some(self.scanned));
+                        self.scanned = i + 1;
+                        return Ok(Some(i + 1));
                     }
                 }
                 _ => {}
             }
+            i += 1;
         }
-        if self.buf.len() > MESSAGE_BYTES_MAX {
+        self.scanned = i;
+        if self.end - self.start > MESSAGE_BYTES_MAX {
             return Err(ProtocolError::TooLarge);
         }
         Ok(None)
@@ -138,41 +166,56 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Makes room for at least one more read at `end`: moves the unread
+    /// bytes to the front, or grows the buffer (zeroed once, then reused).
+    fn make_room(&mut self) {
+        if self.end < self.buf.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.scanned -= self.start;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let grown = (self.buf.len() * 2).max(READ_CHUNK);
+            self.buf.resize(grown, 0);
+        }
+    }
+
     /// The next message; with `timeout`, gives up after that long without
     /// a complete message.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Frame, ProtocolError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some(len) = self.scan()? {
-                let rest = self.buf.split_off(len);
-                let msg = std::mem::replace(&mut self.buf, rest);
-                self.scanned = 0;
+            if let Some(obj_end) = self.scan()? {
+                let msg = self.buf[self.start..obj_end].to_vec();
+                self.start = obj_end;
+                self.scanned = obj_end;
                 self.depth = 0;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    self.scanned = 0;
+                }
                 return Ok(Frame::Message(msg));
             }
             if self.eof {
-                return if self.buf.iter().all(u8::is_ascii_whitespace) {
-                    Ok(Frame::Eof)
-                } else {
-                    Err(ProtocolError::Truncated)
-                };
+                return if self.start == self.end { Ok(Frame::Eof) } else { Err(ProtocolError::Truncated) };
             }
             if !self.wait_readable(deadline)? {
                 return Ok(Frame::Timeout);
             }
-            let old = self.buf.len();
-            self.buf.resize(old + (64 << 10), 0);
+            self.make_room();
             let n = loop {
-                match self.inner.read(&mut self.buf[old..]) {
+                match self.inner.read(&mut self.buf[self.end..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.buf.truncate(old);
-                        return Err(e.into());
-                    }
+                    Err(e) => return Err(e.into()),
                 }
             };
-            self.buf.truncate(old + n);
+            self.end += n;
             if n == 0 {
                 self.eof = true;
             }

@@ -1,0 +1,232 @@
+//! Tests of the journal on a real filesystem: appending, reopening, segment
+//! switches, oversized records, torn tails at every sector, damage.
+
+use super::format::{BaseKind, RECORD_HEADER_BYTES};
+use super::reader::{Generation, JournalError};
+use super::{layout, Journal, JournalOptions, SnapshotMade};
+use crate::device::RealDevice;
+use crate::state::{CallKind, Tip};
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+fn opts(segment_bytes: u64) -> JournalOptions {
+    JournalOptions { direct_io: true, block_bytes: 4096, segment_bytes }
+}
+
+fn open(dir: &Path, segment_bytes: u64) -> Journal {
+    Journal::open(dir, Arc::new(RealDevice), opts(segment_bytes)).expect("journal opens")
+}
+
+fn empty_snapshot(path: &Path) -> anyhow::Result<SnapshotMade> {
+    fs::File::create(path)?;
+    Ok(SnapshotMade { base_kind: BaseKind::Empty, base_version: 0 })
+}
+
+fn stmt(i: u32, pad: usize) -> Vec<String> {
+    vec![
+        format!("INSERT INTO t VALUES ({i}, '{}');", "x".repeat(pad)),
+        format!("{}{}", crate::state::INCREMENT_PREFIX, i - 1),
+    ]
+}
+
+/// (data_version, is_txn, statement count) of every record of the newest generation.
+fn read_all(dir: &Path) -> Result<Vec<(u32, bool, usize)>, JournalError> {
+    let gens = super::reader::generations(dir)?;
+    let g = gens.last().expect("a generation");
+    let mut out = vec![];
+    for r in g.records() {
+        let r = r?;
+        out.push((r.header.data_version, r.header.is_txn(), r.statements()?.len()));
+    }
+    Ok(out)
+}
+
+#[test]
+fn append_reopen_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(dir.path(), 1 << 20);
+    assert_eq!(j.tip(), Tip::Empty);
+    j.start_generation(&mut empty_snapshot).unwrap();
+    for i in 1..=10 {
+        j.append(i, CallKind::Txn, &stmt(i, 10)).unwrap();
+    }
+    j.append(10, CallKind::InPlace, &["PRAGMA foreign_keys = ON;"]).unwrap();
+    drop(j);
+    let mut j = open(dir.path(), 1 << 20);
+    assert_eq!(j.tip(), Tip::At { version: 10, pending_txn: false });
+    j.append(11, CallKind::Txn, &stmt(11, 10)).unwrap();
+    j.seal().unwrap();
+    j.seal().unwrap();
+    drop(j);
+    let j = open(dir.path(), 1 << 20);
+    assert_eq!(j.tip(), Tip::At { version: 11, pending_txn: true }, "a seal keeps the pending flag");
+    let recs = read_all(dir.path()).unwrap();
+    assert_eq!(recs.len(), 13, "11 changes, 1 in-place record, 1 seal");
+    assert_eq!(recs[10], (10, false, 1));
+    assert_eq!(recs[11], (11, true, 2));
+}
+
+#[test]
+fn segments_switch_and_oversized_records_get_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(dir.path(), 64 << 10);
+    j.start_generation(&mut empty_snapshot).unwrap();
+    let mut expected = vec![];
+    for i in 1..=200u32 {
+        // Every 50th change is larger than a whole segment.
+        let pad = if i % 50 == 0 { 200 << 10 } else { (i as usize * 37) % 3000 };
+        j.append(i, CallKind::Txn, &stmt(i, pad)).unwrap();
+        expected.push((i, true, 2));
+    }
+    drop(j);
+    let gens = super::reader::generations(dir.path()).unwrap();
+    assert!(gens[0].segments.len() > 10, "{} segments", gens[0].segments.len());
+    assert!(gens[0].segments.iter().any(|s| s.file_bytes > 200 << 10), "an oversized segment");
+    assert_eq!(read_all(dir.path()).unwrap(), expected);
+    let mut j = open(dir.path(), 64 << 10);
+    assert_eq!(j.tip(), Tip::At { version: 200, pending_txn: true });
+    j.append(201, CallKind::Txn, &stmt(201, 10)).unwrap();
+    drop(j);
+    assert_eq!(read_all(dir.path()).unwrap().len(), 201);
+}
+
+/// Path, offset and bytes in use (header and payload) of the newest
+/// generation's last record.
+fn last_record(dir: &Path) -> (std::path::PathBuf, u64, u64) {
+    let gens = super::reader::generations(dir).unwrap();
+    let g = gens.last().unwrap();
+    let last = g.records().map(Result::unwrap).last().unwrap();
+    let seg = &g.segments[last.loc.segment as usize - 1];
+    (seg.path.clone(), last.loc.offset, (RECORD_HEADER_BYTES + last.payload.len()) as u64)
+}
+
+#[test]
+fn a_torn_last_record_is_discarded_at_every_sector() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(dir.path(), 1 << 20);
+    j.start_generation(&mut empty_snapshot).unwrap();
+    for i in 1..=5 {
+        j.append(i, CallKind::Txn, &stmt(i, 9000)).unwrap();
+    }
+    drop(j);
+    let (path, offset, len) = last_record(dir.path());
+    let pristine = fs::read(&path).unwrap();
+    // A power cut leaves the first k sectors of the last write, or only the
+    // later ones (reordered), or garbage in one sector.
+    let sectors = len.div_ceil(512);
+    for k in 0..sectors {
+        for variant in 0..3 {
+            fs::write(&path, &pristine).unwrap();
+            let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            match variant {
+                0 => f.write_all_at(&vec![0u8; ((sectors - k) * 512) as usize], offset + k * 512).unwrap(),
+                1 => f.write_all_at(&vec![0u8; (k.max(1) * 512) as usize], offset).unwrap(),
+                _ => f.write_all_at(&[0xA5u8; 512], offset + k * 512).unwrap(),
+            }
+            drop(f);
+            let recs = read_all(dir.path()).unwrap();
+            assert_eq!(recs.len(), 4, "sector {k} variant {variant}: the torn record is dropped, the rest kept");
+            let mut j = open(dir.path(), 1 << 20);
+            assert_eq!(j.tip(), Tip::At { version: 4, pending_txn: true });
+            j.append(5, CallKind::Txn, &stmt(5, 10)).unwrap();
+            drop(j);
+            assert_eq!(read_all(dir.path()).unwrap().len(), 5, "appending after a torn tail works");
+        }
+    }
+}
+
+#[test]
+fn damage_before_a_valid_record_is_an_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(dir.path(), 1 << 20);
+    j.start_generation(&mut empty_snapshot).unwrap();
+    for i in 1..=5 {
+        j.append(i, CallKind::Txn, &stmt(i, 100)).unwrap();
+    }
+    drop(j);
+    let gens = super::reader::generations(dir.path()).unwrap();
+    let recs: Vec<_> = gens[0].records().map(Result::unwrap).collect();
+    let victim = &recs[2];
+    let path = gens[0].segments[0].path.clone();
+    let pristine = fs::read(&path).unwrap();
+    for (what, bytes) in [("flipped bit", None), ("zeroed block", Some(vec![0u8; 4096]))] {
+        fs::write(&path, &pristine).unwrap();
+        let f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        match bytes {
+            None => {
+                let at = victim.loc.offset + RECORD_HEADER_BYTES as u64 + 3;
+                let mut b = [0u8; 1];
+                f.read_exact_at(&mut b, at).unwrap();
+                f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+            }
+            Some(z) => f.write_all_at(&z, victim.loc.offset).unwrap(),
+        }
+        drop(f);
+        let err = read_all(dir.path()).unwrap_err();
+        match &err {
+            JournalError::Corrupt { loc, .. } => assert_eq!(*loc, victim.loc, "{what}"),
+            other => panic!("{what}: {other}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("byte offset {}", victim.loc.offset)), "{what}: {msg}");
+        // The writer refuses to continue past damage it would otherwise hide.
+        assert!(Journal::open(dir.path(), Arc::new(RealDevice), opts(1 << 20)).is_err(), "{what}");
+    }
+}
+
+#[test]
+fn interrupted_creations_are_invisible_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(dir.path(), 1 << 20);
+    j.start_generation(&mut empty_snapshot).unwrap();
+    j.append(1, CallKind::Txn, &stmt(1, 10)).unwrap();
+    drop(j);
+    // A generation and a segment whose creation was cut short.
+    let tmp_gen = layout::generation_tmp_dir(dir.path(), 2);
+    fs::create_dir(&tmp_gen).unwrap();
+    fs::write(tmp_gen.join(layout::SNAPSHOT_FILE), b"partial").unwrap();
+    let g1 = layout::generation_dir(dir.path(), 1);
+    let tmp_seg = layout::segment_tmp_path(&g1, 9);
+    fs::write(&tmp_seg, b"partial").unwrap();
+    assert_eq!(super::reader::generations(dir.path()).unwrap().len(), 1, "readers ignore .tmp");
+    let j = open(dir.path(), 1 << 20);
+    assert_eq!(j.tip(), Tip::At { version: 1, pending_txn: true });
+    assert!(!tmp_gen.exists() && !tmp_seg.exists(), "the writer removes leftovers");
+}
+
+#[test]
+fn one_writer_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let _j = open(dir.path(), 1 << 20);
+    let err = Journal::open(dir.path(), Arc::new(RealDevice), opts(1 << 20)).err().unwrap().to_string();
+    assert!(err.contains("another process is writing"), "{err}");
+}
+
+#[test]
+fn generations_are_numbered_and_self_describing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = open(dir.path(), 1 << 20);
+    j.start_generation(&mut empty_snapshot).unwrap();
+    j.append(1, CallKind::Txn, &stmt(1, 10)).unwrap();
+    let g = j
+        .start_generation(&mut |p: &Path| {
+            fs::write(p, b"not really sqlite, but bytes with a checksum")?;
+            Ok(SnapshotMade { base_kind: BaseKind::Snapshot, base_version: 7 })
+        })
+        .unwrap();
+    assert_eq!(g, 2);
+    assert_eq!(j.tip(), Tip::At { version: 7, pending_txn: false });
+    j.append(8, CallKind::Txn, &stmt(8, 10)).unwrap();
+    drop(j);
+    let gen2 = Generation::open(dir.path(), 2).unwrap();
+    assert_eq!(gen2.header.base_version, 7);
+    assert_eq!(gen2.header.snapshot_bytes, 44);
+    // A segment moved into another generation is caught by its header.
+    let stray = layout::segment_path(&layout::generation_dir(dir.path(), 1), 1);
+    fs::copy(&stray, layout::segment_path(&gen2.dir, 3)).unwrap();
+    fs::copy(&stray, layout::segment_path(&gen2.dir, 2)).unwrap();
+    let err = Generation::open(dir.path(), 2).unwrap_err().to_string();
+    assert!(err.contains("disagrees"), "{err}");
+}
