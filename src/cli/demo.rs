@@ -99,6 +99,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let crate::sim::Change::Txn(stmts) = &crashed else { continue };
             let (outcome, _) = node.crash_after_hook(stmts)?;
             expect_continue(outcome, "change before the crash", &node)?;
+            w.undo();
             node.start_plugin(&exe, &[])?;
             node.init_plugin()?;
         }

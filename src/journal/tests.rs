@@ -230,3 +230,107 @@ fn generations_are_numbered_and_self_describing() {
     let err = Generation::open(dir.path(), 2).unwrap_err().to_string();
     assert!(err.contains("disagrees"), "{err}");
 }
+
+/// A real device that counts, per file, the writes and flushes made through
+/// it, and can refuse O_DIRECT as tmpfs and some FUSE filesystems do.
+struct CountingDevice {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, (u64, u64)>>>,
+    refuse_direct: bool,
+}
+
+struct CountingFile {
+    inner: Box<dyn crate::device::DeviceFile>,
+    path: std::path::PathBuf,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, (u64, u64)>>>,
+}
+
+impl crate::device::DeviceFile for CountingFile {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.counts.lock().unwrap().entry(self.path.clone()).or_default().0 += 1;
+        self.inner.write_all_at(buf, offset)
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.counts.lock().unwrap().entry(self.path.clone()).or_default().1 += 1;
+        self.inner.sync_data()
+    }
+    fn size(&mut self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+impl CountingDevice {
+    fn wrap(
+        &self,
+        path: &Path,
+        direct: bool,
+        f: std::io::Result<Box<dyn crate::device::DeviceFile>>,
+    ) -> std::io::Result<Box<dyn crate::device::DeviceFile>> {
+        if direct && self.refuse_direct {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(Box::new(CountingFile { inner: f?, path: path.to_path_buf(), counts: self.counts.clone() }))
+    }
+}
+
+impl crate::device::Device for CountingDevice {
+    fn create(&self, path: &Path, direct: bool) -> std::io::Result<Box<dyn crate::device::DeviceFile>> {
+        self.wrap(path, direct, RealDevice.create(path, direct))
+    }
+    fn open_rw(&self, path: &Path, direct: bool) -> std::io::Result<Box<dyn crate::device::DeviceFile>> {
+        self.wrap(path, direct, RealDevice.open_rw(path, direct))
+    }
+    fn sync_file(&self, path: &Path) -> std::io::Result<()> {
+        RealDevice.sync_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        RealDevice.create_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        RealDevice.sync_dir(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealDevice.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        RealDevice.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        RealDevice.remove_dir_all(path)
+    }
+    fn free_bytes(&self, path: &Path) -> std::io::Result<u64> {
+        RealDevice.free_bytes(path)
+    }
+    fn dio_alignment(&self, path: &Path) -> Option<u32> {
+        RealDevice.dio_alignment(path)
+    }
+}
+
+#[test]
+fn an_append_is_one_write_and_one_flush() {
+    use crate::device::Device as _;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Arc::new(CountingDevice { counts: Default::default(), refuse_direct: false });
+    let mut j = Journal::open(dir.path(), dev.clone(), opts(1 << 20)).unwrap();
+    j.start_generation(&mut empty_snapshot).unwrap();
+    j.append(1, CallKind::Txn, &stmt(1, 10)).unwrap();
+    let segment = layout::segment_path(&layout::generation_dir(dir.path(), 1), 1);
+    let before = dev.counts.lock().unwrap()[&segment];
+    for v in 2..=101 {
+        j.append(v, CallKind::Txn, &stmt(v, 100 + v as usize * 7)).unwrap();
+    }
+    let after = dev.counts.lock().unwrap()[&segment];
+    assert_eq!((after.0 - before.0, after.1 - before.1), (100, 100), "writes and flushes for 100 appends");
+    assert!(dev.dio_alignment(dir.path()).is_none_or(|a| a <= 4096));
+}
+
+#[test]
+fn a_filesystem_that_refuses_o_direct_is_named_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Arc::new(CountingDevice { counts: Default::default(), refuse_direct: true });
+    let mut j = Journal::open(dir.path(), dev, opts(1 << 20)).unwrap();
+    let err = format!("{:#}", j.start_generation(&mut empty_snapshot).unwrap_err());
+    assert!(err.contains("refuses O_DIRECT") && err.contains("direct_io = false"), "{err}");
+}

@@ -1,0 +1,93 @@
+//! The command line an operator uses on a backup: restore, verify, status,
+//! through the real binary, on a journal written by the real plugin.
+
+mod common;
+
+use cln_replica::sim::workload::Workload;
+use common::*;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(EXE).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A journal of the schema plus `changes` workload changes, written by the plugin.
+fn backed_up(changes: usize) -> (Setup, cln_replica::sim::SimNode) {
+    let s = Setup::new("");
+    let mut node = s.node_with_plugin();
+    for c in Workload::schema() {
+        expect_continue(node.apply(&c).unwrap(), &node);
+    }
+    let mut w = Workload::new(21);
+    for _ in 0..changes {
+        expect_continue(node.apply(&w.next_change()).unwrap(), &node);
+    }
+    node.shutdown_plugin().unwrap();
+    (s, node)
+}
+
+#[test]
+fn restore_refuses_to_overwrite_and_leaves_no_partial_file() {
+    let (s, node) = backed_up(50);
+    let journal = s.journal.to_str().unwrap().to_string();
+    let to = s.path("lightningd.sqlite3");
+    std::fs::write(&to, b"the operator's file").unwrap();
+    let o = run(&["restore", "--from", &journal, "--to", to.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(std::fs::read(&to).unwrap(), b"the operator's file");
+
+    let o = run(&["restore", "--from", &journal, "--to", to.to_str().unwrap(), "--force", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["data_version"], node.data_version());
+    let live = s.path("live.sqlite3");
+    node.copy_database(&live).unwrap();
+    assert!(cln_replica::dbcompare::compare_files(&live, &to).unwrap().is_empty());
+    let names: Vec<_> = std::fs::read_dir(s.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n.to_string_lossy().contains(".tmp")), "{names:?}");
+}
+
+#[test]
+fn verify_names_the_generation_version_and_offset_of_a_flipped_bit() {
+    let (s, _node) = backed_up(40);
+    let journal = s.journal.to_str().unwrap().to_string();
+    let o = run(&["verify", "--from", &journal]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let segment = s.journal.join("gen-0000000001").join("segment-00000001");
+    // Flip one bit of a record (not of zero padding) in the middle of the data.
+    let data = std::fs::read(&segment).unwrap();
+    let end = data.iter().rposition(|&b| b != 0).unwrap();
+    let at = (end / 2..end).find(|&i| data[i] != 0).unwrap() as u64;
+    let f = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    f.write_all_at(&[data[at as usize] ^ 0x10], at).unwrap();
+    drop(f);
+
+    let o = run(&["verify", "--from", &journal]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("generation 1") && t.contains("data_version") && t.contains("offset"), "{t}");
+    let o = run(&["restore", "--from", &journal, "--to", s.path("r.sqlite3").to_str().unwrap()]);
+    assert!(!o.status.success(), "a damaged journal must not restore silently");
+}
+
+#[test]
+fn status_lists_what_the_journal_holds_as_text_and_json() {
+    let (s, node) = backed_up(30);
+    let journal = s.journal.to_str().unwrap().to_string();
+    let o = run(&["status", "--from", &journal, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let g = &v["journal"]["generations"][0];
+    assert_eq!(g["last_version"], node.data_version());
+    assert_eq!(g["sealed"], true);
+    let o = run(&["status", "--from", &journal]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains(&node.data_version().to_string()), "{t}");
+}
