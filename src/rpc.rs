@@ -42,3 +42,35 @@ pub fn wallet_dsn(socket: &Path) -> Result<String> {
         .map(str::to_string)
         .ok_or_else(|| anyhow!("listconfigs did not report the wallet setting: {r}"))
 }
+
+/// What came of asking lightningd to `stop`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// lightningd accepted (its answer, or that it closed the connection on
+    /// its way down).
+    Stopping(String),
+    /// Nothing listens on the socket: lightningd is not running.
+    NotRunning,
+}
+
+/// Asks lightningd to `stop` (the panel's safe shutdown). Whether it has
+/// stopped is for the caller to check (the plugin's sealed status): this
+/// only fails if lightningd is there and refuses, or the socket is unusable.
+pub fn stop(socket: &Path, timeout: Duration) -> Result<StopOutcome> {
+    match call(socket, "stop", serde_json::json!({}), timeout) {
+        Ok(v) => Ok(StopOutcome::Stopping(v.to_string())),
+        // Only connecting yields these: no socket, or no one listening.
+        Err(e)
+            if e.root_cause().downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+            }) =>
+        {
+            Ok(StopOutcome::NotRunning)
+        }
+        // lightningd may close the socket before answering as it goes down.
+        Err(e) if e.to_string().contains("closed the connection") => {
+            Ok(StopOutcome::Stopping("no answer (connection closed while stopping)".into()))
+        }
+        Err(e) => Err(e),
+    }
+}
