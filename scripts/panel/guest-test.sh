@@ -110,6 +110,7 @@ want halted false ""; sleep 1
 sample 60; check "halted: alert fast blink" 0 0 25 75
 want in_sync false ',"degraded":"backup device lost"'; sleep 1
 sample 40; check "degraded: alert fast blink" 0 0 25 75
+want in_sync false ""; sleep 1
 want in_sync false "" 1; sleep 4
 sample 80; check "status not refreshed: unknown, never in sync" 0 0 10 45
 rm -f /run/cln-replica/status.json; sleep 1
