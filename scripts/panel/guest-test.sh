@@ -53,7 +53,7 @@ TOML
 # The status writer: rewrites the file atomically every 300 ms from the
 # wanted state in /tmp/want, as the plugin's publisher does; `frozen` stops
 # it (a plugin that stopped refreshing).
-want() { printf 'STATE=%s\nSEALED=%s\nEXTRA=%s\nFROZEN=%s\n' "$1" "$2" "$3" "${4:-0}" > /tmp/want; }
+want() { printf "STATE='%s'\nSEALED='%s'\nEXTRA='%s'\nFROZEN='%s'\n" "$1" "$2" "$3" "${4:-0}" > /tmp/want; }
 writer() {
     while :; do
         . /tmp/want
@@ -91,6 +91,16 @@ sample() {
     S=$((s * 100 / n)); A=$((a * 100 / n))
 }
 
+# shown TEXT: the panel's last logged condition contains TEXT (duty cycles
+# alone cannot tell every pattern apart at this sampling rate).
+shown() {
+    last=$(grep -v -e 'button' -e 'safe shutdown' -e 'watching' /tmp/panel.log | tail -1)
+    case "$last" in
+        *"$1"*) pass "logged: $last" ;;
+        *) fail "last logged condition is '$last', want '$1'" ;;
+    esac
+}
+
 # check NAME S_MIN S_MAX A_MIN A_MAX
 check() {
     if [ $S -ge $2 ] && [ $S -le $3 ] && [ $A -ge $4 ] && [ $A -le $5 ]; then
@@ -104,19 +114,26 @@ start_panel
 kill -0 $panel_pid 2>/dev/null && pass "panel running" || fail "panel exited: $(cat /tmp/panel.log)"
 
 sample 40; check "in sync: status steady" 95 100 0 0
+shown "in sync"
 want in_sync false ',"remote_lagging":true'; sleep 1
 sample 80; check "remote lagging: status slow blink" 25 75 0 0
+shown "remote copy lagging"
 want halted false ""; sleep 1
 sample 60; check "halted: alert fast blink" 0 0 25 75
+shown "ALERT: the plugin halted"
 want in_sync false ',"degraded":"backup device lost"'; sleep 1
 sample 40; check "degraded: alert fast blink" 0 0 25 75
+shown "ALERT: running without backup: backup device lost"
 want in_sync false ""; sleep 1
 want in_sync false "" 1; sleep 4
 sample 80; check "status not refreshed: unknown, never in sync" 0 0 10 45
+shown "status unknown: not refreshed"
 rm -f /run/cln-replica/status.json; sleep 1
 sample 40; check "no status file: unknown" 0 0 10 45
+shown "status unknown: cannot read"
 want stopped true ""; sleep 1
 sample 80; check "lightningd stopped: status blip" 1 25 0 0
+shown "lightningd not running: stopped cleanly"
 
 # A short press shows the code: one flash, then dark, while in sync.
 want in_sync false ""; sleep 1

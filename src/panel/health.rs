@@ -122,7 +122,11 @@ pub fn assess(i: &Inputs) -> Condition {
         if !(i.pid_alive)(s.pid) {
             return Condition::LightningdDown(format!("the plugin (pid {}) exited without a clean stop", s.pid));
         }
-        return Condition::Unknown(format!("the status was last refreshed {} ms ago", age_ms));
+        // Stable text (no age), so the panel logs the change once.
+        return Condition::Unknown(format!(
+            "not refreshed within {} ms (last updated at unix ms {}, plugin pid {} alive)",
+            i.status_stale_ms, s.updated_unix_ms, s.pid
+        ));
     }
     match s.state {
         PluginState::Starting => Condition::LightningdDown("starting".into()),
