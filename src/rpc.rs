@@ -74,3 +74,52 @@ pub fn stop(socket: &Path, timeout: Duration) -> Result<StopOutcome> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    /// A one-shot lightningd: reads the request, then sends `reply` (or
+    /// nothing) and closes.
+    fn serve_once(socket: &Path, reply: Option<&'static str>) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            if let Some(r) = reply {
+                s.write_all(r.as_bytes()).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn stop_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(stop(&dir.path().join("absent"), t).unwrap(), StopOutcome::NotRunning);
+        // A socket file nobody listens on: connection refused.
+        drop(UnixListener::bind(dir.path().join("dead")).unwrap());
+        assert_eq!(stop(&dir.path().join("dead"), t).unwrap(), StopOutcome::NotRunning);
+        let s = dir.path().join("a");
+        let h = serve_once(
+            &s,
+            Some("{\"jsonrpc\":\"2.0\",\"id\":\"cln-replica:stop\",\"result\":\"Shutdown complete\"}\n\n"),
+        );
+        assert_eq!(stop(&s, t).unwrap(), StopOutcome::Stopping("\"Shutdown complete\"".into()));
+        h.join().unwrap();
+        let s = dir.path().join("b");
+        let h = serve_once(&s, None);
+        assert!(matches!(stop(&s, t).unwrap(), StopOutcome::Stopping(w) if w.contains("closed")));
+        h.join().unwrap();
+        let s = dir.path().join("c");
+        let h = serve_once(
+            &s,
+            Some("{\"jsonrpc\":\"2.0\",\"id\":\"cln-replica:stop\",\"error\":{\"code\":-1,\"message\":\"no\"}}\n\n"),
+        );
+        assert!(stop(&s, t).unwrap_err().to_string().contains("refused stop"));
+        h.join().unwrap();
+    }
+}
