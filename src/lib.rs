@@ -9,6 +9,7 @@
 //! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
 //!   way in and the way back out;
 //! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
+//! - [`panel`] (feature `panel`): the appliance's status LEDs and safe-shutdown button;
 //! - [`cli`]: the command line, one file per subcommand.
 
 pub mod cli;
@@ -17,6 +18,8 @@ pub mod dbcompare;
 pub mod device;
 pub mod inventory;
 pub mod journal;
+#[cfg(feature = "panel")]
+pub mod panel;
 pub mod plugin;
 pub mod replay;
 pub mod restore;

@@ -42,3 +42,84 @@ pub fn wallet_dsn(socket: &Path) -> Result<String> {
         .map(str::to_string)
         .ok_or_else(|| anyhow!("listconfigs did not report the wallet setting: {r}"))
 }
+
+/// What came of asking lightningd to `stop`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// lightningd accepted (its answer, or that it closed the connection on
+    /// its way down).
+    Stopping(String),
+    /// Nothing listens on the socket: lightningd is not running.
+    NotRunning,
+}
+
+/// Asks lightningd to `stop` (the panel's safe shutdown). Whether it has
+/// stopped is for the caller to check (the plugin's sealed status): this
+/// only fails if lightningd is there and refuses, or the socket is unusable.
+pub fn stop(socket: &Path, timeout: Duration) -> Result<StopOutcome> {
+    match call(socket, "stop", serde_json::json!({}), timeout) {
+        Ok(v) => Ok(StopOutcome::Stopping(v.to_string())),
+        // Only connecting yields these: no socket, or no one listening.
+        Err(e)
+            if e.root_cause().downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+            }) =>
+        {
+            Ok(StopOutcome::NotRunning)
+        }
+        // lightningd may close the socket before answering as it goes down.
+        Err(e) if e.to_string().contains("closed the connection") => {
+            Ok(StopOutcome::Stopping("no answer (connection closed while stopping)".into()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    /// A one-shot lightningd: reads the request, then sends `reply` (or
+    /// nothing) and closes.
+    fn serve_once(socket: &Path, reply: Option<&'static str>) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            if let Some(r) = reply {
+                s.write_all(r.as_bytes()).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn stop_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(stop(&dir.path().join("absent"), t).unwrap(), StopOutcome::NotRunning);
+        // A socket file nobody listens on: connection refused.
+        drop(UnixListener::bind(dir.path().join("dead")).unwrap());
+        assert_eq!(stop(&dir.path().join("dead"), t).unwrap(), StopOutcome::NotRunning);
+        let s = dir.path().join("a");
+        let h = serve_once(
+            &s,
+            Some("{\"jsonrpc\":\"2.0\",\"id\":\"cln-replica:stop\",\"result\":\"Shutdown complete\"}\n\n"),
+        );
+        assert_eq!(stop(&s, t).unwrap(), StopOutcome::Stopping("\"Shutdown complete\"".into()));
+        h.join().unwrap();
+        let s = dir.path().join("b");
+        let h = serve_once(&s, None);
+        assert!(matches!(stop(&s, t).unwrap(), StopOutcome::Stopping(w) if w.contains("closed")));
+        h.join().unwrap();
+        let s = dir.path().join("c");
+        let h = serve_once(
+            &s,
+            Some("{\"jsonrpc\":\"2.0\",\"id\":\"cln-replica:stop\",\"error\":{\"code\":-1,\"message\":\"no\"}}\n\n"),
+        );
+        assert!(stop(&s, t).unwrap_err().to_string().contains("refused stop"));
+        h.join().unwrap();
+    }
+}

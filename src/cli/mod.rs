@@ -3,6 +3,8 @@
 mod bench;
 mod demo;
 mod init;
+#[cfg(feature = "panel")]
+mod panel;
 mod restore;
 mod status;
 pub mod time;
@@ -33,6 +35,8 @@ enum Command {
     Status(status::Args),
     Demo(demo::Args),
     Bench(bench::Args),
+    #[cfg(feature = "panel")]
+    Panel(panel::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -44,6 +48,8 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        #[cfg(feature = "panel")]
+        Command::Panel(a) => panel::run(a),
     };
     match result {
         Ok(code) => code,
