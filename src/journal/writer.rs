@@ -525,6 +525,15 @@ impl Journal {
     }
 }
 
+impl Drop for Journal {
+    /// Waits for the segment preparer before the lock (a field) is released:
+    /// a journal reopened in the same process must not meet a segment still
+    /// being created by the previous writer's thread.
+    fn drop(&mut self) {
+        self.preparer.shutdown();
+    }
+}
+
 fn first_record_block_is_zero(path: &Path, block_bytes: u32) -> Result<bool> {
     use std::os::unix::fs::FileExt;
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -552,8 +561,10 @@ pub fn file_crc32c(path: &Path) -> Result<(u64, u32)> {
 /// for a zero-fill. One job at a time: the writer asks for segment k+1 when
 /// it starts writing into segment k.
 struct Preparer {
-    jobs: mpsc::SyncSender<(u64, PathBuf, SegmentHeader)>,
+    /// `None` once the preparer is shutting down.
+    jobs: Option<mpsc::SyncSender<(u64, PathBuf, SegmentHeader)>>,
     slot: Arc<(Mutex<Slot>, Condvar)>,
+    worker: Option<thread::JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -569,7 +580,7 @@ impl Preparer {
         let (tx, rx) = mpsc::sync_channel::<(u64, PathBuf, SegmentHeader)>(1);
         let slot = Arc::new((Mutex::new(Slot::Idle), Condvar::new()));
         let worker_slot = slot.clone();
-        thread::Builder::new()
+        let worker = thread::Builder::new()
             .name("segment-preparer".into())
             .spawn(move || {
                 for (generation, dir, header) in rx {
@@ -583,7 +594,16 @@ impl Preparer {
                 }
             })
             .expect("spawn the segment preparer thread");
-        Preparer { jobs: tx, slot }
+        Preparer { jobs: Some(tx), slot, worker: Some(worker) }
+    }
+
+    /// Stops the worker once its current job is done. Until then it may be
+    /// writing into the journal directory, so the journal's lock must be held.
+    fn shutdown(&mut self) {
+        drop(self.jobs.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 
     fn request(&self, generation: u64, dir: PathBuf, header: SegmentHeader) {
@@ -596,7 +616,8 @@ impl Preparer {
         }
         *s = Slot::Working { generation, segment: header.segment };
         drop(s);
-        if self.jobs.try_send((generation, dir, header)).is_err() {
+        let sent = self.jobs.as_ref().is_some_and(|j| j.try_send((generation, dir, header)).is_ok());
+        if !sent {
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Idle;
         }
     }
