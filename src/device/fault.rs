@@ -234,6 +234,20 @@ impl Media {
         }
     }
 
+    /// Reads a file as the device holds it while powered: durable data with
+    /// the volatile writes that were not lost (what an O_DIRECT read sees).
+    pub fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> usize {
+        let Some(f) = self.files.get(&ino) else { return 0 };
+        let mut content = f.durable.clone();
+        for v in &f.volatile {
+            overlay(&mut content, v.offset, &v.data);
+        }
+        let start = (offset as usize).min(content.len());
+        let n = (content.len() - start).min(buf.len());
+        buf[..n].copy_from_slice(&content[start..start + n]);
+        n
+    }
+
     /// Whether anything volatile is pending (a cut variant could differ from
     /// [`Cut::DropUnflushed`]).
     pub fn has_volatile(&self) -> bool {
@@ -575,6 +589,9 @@ fn adopt_tree(s: &mut State, root: &Path, rel: &Path, dirs: &mut Vec<PathBuf>) {
 
 struct FaultFile {
     inner: Box<dyn DeviceFile>,
+    /// Opened with O_DIRECT: reads see the media (durable data and the
+    /// volatile writes not lost), not the page cache.
+    direct: bool,
     /// The modelled inode, `None` outside the root.
     ino: Option<u64>,
     state: Arc<Mutex<State>>,
@@ -596,6 +613,9 @@ impl DeviceFile for FaultFile {
             let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(errno) = s.vanished {
                 return Err(io::Error::from_raw_os_error(errno));
+            }
+            if let (true, Some(ino)) = (self.direct, self.ino) {
+                return Ok(s.media.read(ino, offset, buf));
             }
         }
         self.inner.read_at(buf, offset)
@@ -637,7 +657,7 @@ impl FaultDevice {
             Some(rel) => s.names.get(&rel).copied(),
             None => None,
         };
-        Ok(Box::new(FaultFile { inner, ino, state: self.state.clone() }))
+        Ok(Box::new(FaultFile { inner, direct, ino, state: self.state.clone() }))
     }
 }
 

@@ -21,6 +21,7 @@
 //! `DURABILITY_SEEDS` (default 20) sets how many seeds run; each seed is its
 //! own test so they run in parallel.
 
+mod faults;
 mod harness;
 
 use cln_replica::device::fault::{Cut, Event, FaultDevice, Media};
