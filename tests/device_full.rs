@@ -17,11 +17,8 @@ fn enospc_on_a_real_device() {
     let mount = Path::new(&mount);
     let s = Setup::new("");
     let journal = mount.join("journal");
-    std::fs::write(
-        s.node_dir.join("cln-replica.toml"),
-        format!("journal = {journal:?}\nsegment_bytes = 1048576\n"),
-    )
-    .unwrap();
+    std::fs::write(s.node_dir.join("cln-replica.toml"), format!("journal = {journal:?}\nsegment_bytes = 1048576\n"))
+        .unwrap();
     let setup = Setup { journal: journal.clone(), ..s };
     let mut node = SimNode::open(&setup.node_dir).unwrap();
     node.start_plugin(Path::new(EXE), &[]).unwrap();

@@ -30,7 +30,10 @@ fn cases(default: u32) -> ProptestConfig {
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("cln-replica-fuzz").tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+    tempfile::Builder::new()
+        .prefix("cln-replica-fuzz")
+        .tempdir_in("/dev/shm")
+        .unwrap_or_else(|_| tempfile::tempdir().unwrap())
 }
 
 fn stmt(i: u32, pad: usize) -> Vec<String> {
@@ -68,7 +71,11 @@ fn scan_and_check(dir: &Path) {
         }
     }
     // The writer's own scan (resume) must not panic either.
-    let _ = Journal::open(dir, Arc::new(RealDevice), JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10 });
+    let _ = Journal::open(
+        dir,
+        Arc::new(RealDevice),
+        JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10 },
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +88,8 @@ enum Damage {
 fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         (0..70_000u64, 0..8u8).prop_map(|(at, bit)| Damage::Flip { at, bit }),
-        (0..70_000u64, proptest::collection::vec(any::<u8>(), 1..1500)).prop_map(|(at, fill)| Damage::Block { at, fill }),
+        (0..70_000u64, proptest::collection::vec(any::<u8>(), 1..1500))
+            .prop_map(|(at, fill)| Damage::Block { at, fill }),
         (0..70_000u64).prop_map(|to| Damage::Truncate { to }),
     ]
 }
@@ -198,9 +206,17 @@ impl Write for Captured {
 #[derive(Debug, Clone)]
 enum Msg {
     /// The next transaction in sequence (or a repeat, or a skip).
-    Txn { step: i8, statements: Vec<String> },
-    InPlace { back: bool },
-    RandomVersion { version: u32, statements: Vec<String> },
+    Txn {
+        step: i8,
+        statements: Vec<String>,
+    },
+    InPlace {
+        back: bool,
+    },
+    RandomVersion {
+        version: u32,
+        statements: Vec<String>,
+    },
     BadParams(String),
     Other(String),
     Garbage(Vec<u8>),

@@ -79,17 +79,41 @@ pub struct FaultRule {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A new, empty file (or an existing name truncated: a new file replaces it).
-    CreateFile { path: PathBuf, ino: u64 },
+    CreateFile {
+        path: PathBuf,
+        ino: u64,
+    },
     /// A file written by someone else, flushed: its whole content, now durable.
-    Adopt { path: PathBuf, ino: u64, data: Arc<[u8]> },
-    Write { ino: u64, offset: u64, data: Arc<[u8]> },
-    SyncData { ino: u64 },
+    Adopt {
+        path: PathBuf,
+        ino: u64,
+        data: Arc<[u8]>,
+    },
+    Write {
+        ino: u64,
+        offset: u64,
+        data: Arc<[u8]>,
+    },
+    SyncData {
+        ino: u64,
+    },
     /// A flush that failed: the file's unflushed writes are lost for good.
-    SyncFailed { ino: u64 },
-    CreateDir { path: PathBuf },
-    SyncDir { path: PathBuf },
-    Rename { from: PathBuf, to: PathBuf },
-    Remove { path: PathBuf },
+    SyncFailed {
+        ino: u64,
+    },
+    CreateDir {
+        path: PathBuf,
+    },
+    SyncDir {
+        path: PathBuf,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Remove {
+        path: PathBuf,
+    },
     /// A test's own note in the log (an acknowledgement, a commit): not a step.
     Mark(u64),
 }

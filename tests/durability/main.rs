@@ -73,7 +73,7 @@ fn hex(rng: &mut Rng, bytes: usize) -> String {
 }
 
 fn is_fresh(seed: u64) -> bool {
-    seed % 8 == 0
+    seed.is_multiple_of(8)
 }
 
 struct Run {
@@ -210,7 +210,8 @@ enum Restored {
 fn restore_image(img: &Path, scratch: &Path) -> Restored {
     let to = scratch.join("restored.sqlite3");
     let _ = std::fs::remove_file(&to);
-    let opts = RestoreOptions { from: img.join("journal"), to: to.clone(), at: None, before_unix_ms: None, force: true };
+    let opts =
+        RestoreOptions { from: img.join("journal"), to: to.clone(), at: None, before_unix_ms: None, force: true };
     match restore::restore(&opts, |_| {}) {
         Ok(_) => Restored::Db(file_hash(&to).unwrap()),
         Err(e) => Restored::Failed(format!("{e:#}")),
@@ -283,7 +284,9 @@ fn check(stats: &mut Stats, tracker: &Tracker, outcome: &Restored, what: &str) {
         Restored::Failed(_) => !tracker.acked_any,
     };
     if !ok && stats.violations.len() < 20 {
-        stats.violations.push(format!("{what}: restore gave {outcome:?}, allowed (data_version, hash) {:?}", tracker.allowed));
+        stats
+            .violations
+            .push(format!("{what}: restore gave {outcome:?}, allowed (data_version, hash) {:?}", tracker.allowed));
     }
 }
 
