@@ -5,11 +5,12 @@
 //!   panic, and every record it yields passes its checksum;
 //! - the plugin's message reader and engine: arbitrary input never makes them
 //!   panic, and every `continue` answers a `db_write` whose change is in the
-//!   journal;
+//!   journal as a power cut right after the last answer would leave it;
 //! - the configuration parser: arbitrary text never makes it panic, and what
 //!   it accepts is valid and round-trips.
 
 use cln_replica::config::Config;
+use cln_replica::device::fault::{Cut, FaultDevice};
 use cln_replica::device::RealDevice;
 use cln_replica::journal::format::{self, BaseKind, RECORD_HEADER_BYTES};
 use cln_replica::journal::reader;
@@ -245,7 +246,7 @@ proptest! {
         let dir = scratch();
         std::fs::write(
             dir.path().join("cln-replica.toml"),
-            format!("journal = {:?}\nsegment_bytes = 65536\ndirect_io = false\n", dir.path().join("journal")),
+            format!("journal = {:?}\nsegment_bytes = 65536\ndirect_io = false\n", dir.path().join("dev/journal")),
         ).unwrap();
         let mut input = vec![];
         let mut requests: Vec<(String, Value)> = vec![];
@@ -289,14 +290,22 @@ proptest! {
         }
         let captured = Captured::default();
         let out = Arc::new(Output::new(Box::new(captured.clone())));
-        let mut engine = Engine::new(dir.path().to_path_buf(), out.clone(), Arc::new(RealDevice));
+        // Over a fault device: "stored" means on the media, as a power cut
+        // right after the last answer would leave it.
+        let root = dir.path().join("dev");
+        std::fs::create_dir(&root).unwrap();
+        let fault = FaultDevice::new(Arc::new(RealDevice), &root);
+        let mut engine = Engine::new(dir.path().to_path_buf(), out.clone(), Arc::new(fault.clone()));
         let _code = cln_replica::plugin::serve(FrameReader::new(&input[..], None), &out, &mut engine);
         drop(engine);
         let output = captured.0.lock().unwrap().clone();
         let answers: Vec<Value> = serde_json::Deserializer::from_slice(&output).into_iter::<Value>().map(Result::unwrap).collect();
         // Every stored change, as (data_version, statements).
         let mut stored: Vec<(u32, Vec<String>)> = vec![];
-        if let Ok(gens) = reader::generations(&dir.path().join("journal")) {
+        let img = dir.path().join("after-cut");
+        std::fs::create_dir(&img).unwrap();
+        fault.media().materialize(&img, Cut::DropUnflushed).unwrap();
+        if let Ok(gens) = reader::generations(&img.join("journal")) {
             for g in &gens {
                 for rec in g.records() {
                     let rec = rec.expect("the journal the engine wrote reads back");
