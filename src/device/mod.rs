@@ -2,7 +2,7 @@
 //! the backup durable goes through the [`Device`] trait.
 //!
 //! The real implementation ([`RealDevice`]) uses O_DIRECT and fdatasync. Tests
-//! put a fault-injecting implementation underneath the same journal code, so
+//! put a fault-injecting implementation ([`fault::FaultDevice`]) underneath the same journal code, so
 //! that a power cut can be modelled after any write or flush. Reads that only
 //! inspect the backup (restore, verify, status) use plain `std::fs`: they see
 //! whatever the device holds, which is what a crash test wants them to see.
@@ -11,6 +11,7 @@
 //! temporary file; the device then flushes and renames it ([`Device::sync_file`]).
 
 mod aligned;
+pub mod fault;
 mod real;
 
 pub use aligned::AlignedBuf;

@@ -84,6 +84,9 @@ pub struct Journal {
     progress: Arc<Progress>,
     /// The last record written is a seal: sealing again adds nothing.
     sealed: bool,
+    /// End of the last durable record: (generation, segment, byte offset).
+    /// Every write starts at or after it: acknowledged bytes are never rewritten.
+    durable_end: (u64, u32, u64),
 }
 
 fn lock_journal(dir: &Path) -> Result<File> {
@@ -182,6 +185,7 @@ impl Journal {
             poisoned: None,
             progress,
             sealed: false,
+            durable_end: (0, 0, 0),
         };
         if let Some(&g) = generations.last() {
             journal.resume(g)?;
@@ -203,6 +207,36 @@ impl Journal {
         let tail = scanner.tail().expect("scanner finished").clone();
         if let Some(torn) = tail.torn {
             eprintln!("cln-replica: ignoring a torn, unacknowledged record at {torn}");
+        }
+        if let Some(last) = tail.last {
+            // The last record may be one whose flush failed in an earlier
+            // process since boot: the page cache then shows it, the media may
+            // not. Appending after it would leave, after a power cut, a hole
+            // followed by valid records (which the reader rightly calls
+            // damage). A record not on the media was never acknowledged (its
+            // flush failed): erase it and resume in its place.
+            let seg = &generation.segments[tail.next.segment as usize - 1];
+            let len = last.disk_bytes(generation.block_bytes());
+            let at = tail.next.offset - len;
+            if !self.record_on_media(&seg.path, at, len)? {
+                eprintln!(
+                    "cln-replica: the last record (data_version {}) at {} is not on the device (an earlier flush \
+                     failed); it was never acknowledged and is discarded",
+                    last.data_version,
+                    RecordLocDisplay(number, seg.index, at)
+                );
+                let mut f = self
+                    .device
+                    .open_rw(&seg.path, self.opts.direct_io)
+                    .map_err(|e| direct_io_context(e, &seg.path, self.opts.direct_io))?;
+                let mut zeros = AlignedBuf::with_capacity(len as usize);
+                zeros.reset_zeroed(len as usize);
+                f.write_all_at(&zeros, at)
+                    .and_then(|()| f.sync_data())
+                    .with_context(|| format!("cannot erase the unflushed record in {}", seg.path.display()))?;
+                drop(f);
+                return self.resume(number);
+            }
         }
         self.tip = match tail.last {
             Some(h) => tip_after(h.data_version, if h.is_txn() { CallKind::Txn } else { CallKind::InPlace }),
@@ -230,6 +264,7 @@ impl Journal {
         let journal_bytes: u64 =
             generation.segments.iter().take(tail.next.segment as usize - 1).map(|s| s.file_bytes).sum::<u64>()
                 + tail.next.offset;
+        self.durable_end = (number, tail.next.segment, tail.next.offset);
         self.active = Some(Active {
             generation: number,
             dir: gen_dir,
@@ -253,6 +288,32 @@ impl Journal {
             None => self.request_next_segment(),
         }
         Ok(())
+    }
+
+    /// Whether the `len` bytes at `at` of a segment, as this process reads
+    /// them, are what the device holds: flushed, then read back with O_DIRECT
+    /// (which bypasses the page cache). `true` when O_DIRECT is refused (no
+    /// way to tell; the journal then runs with `direct_io = false` anyway).
+    fn record_on_media(&self, path: &Path, at: u64, len: u64) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let mut f = match self.device.open_rw(path, true) {
+            Ok(f) => f,
+            Err(e) if device::is_direct_io_refusal(&e) => return Ok(true),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        f.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
+        let mut direct = AlignedBuf::with_capacity(len as usize);
+        direct.reset_zeroed(len as usize);
+        let n = match f.read_at(&mut direct, at) {
+            Ok(n) => n,
+            Err(e) if device::is_direct_io_refusal(&e) => return Ok(true),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut cached = vec![0u8; len as usize];
+        File::open(path)
+            .and_then(|c| c.read_exact_at(&mut cached, at))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(n == len as usize && direct[..] == cached[..])
     }
 
     pub fn dir(&self) -> &Path {
@@ -283,7 +344,19 @@ impl Journal {
     }
 
     fn poison(&mut self, err: anyhow::Error) -> anyhow::Error {
-        let err = err.context("the backup device failed; lightningd must stop before committing");
+        let errno = err.chain().find_map(|c| c.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error));
+        let what = match errno {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                "the backup device is full; lightningd must stop before committing. Free space on it (or move \
+                 the journal to a larger device), then start lightningd again"
+            }
+            Some(libc::EROFS) => {
+                "the backup device became read-only (the kernel does that after I/O errors: check `dmesg`); \
+                 lightningd must stop before committing"
+            }
+            _ => "the backup device failed; lightningd must stop before committing",
+        };
+        let err = err.context(what);
         self.poisoned = Some(format!("{err:#}"));
         self.progress.publish(|p| p.failed = true);
         err
@@ -376,6 +449,13 @@ impl Journal {
         assert!(a.offset + len as u64 <= a.segment_bytes, "record fits in its segment");
         assert!(len % block as usize == 0 && header.seq == a.next_seq, "whole blocks, next sequence number");
         let offset = a.offset;
+        assert!(
+            (a.generation, a.segment, offset) >= self.durable_end,
+            "a write at generation {}, segment {}, offset {offset} would overwrite durable data ending at {:?}",
+            a.generation,
+            a.segment,
+            self.durable_end
+        );
         let write = a.file.write_all_at(&self.buf[..len], offset).and_then(|()| a.file.sync_data());
         if let Err(e) = write {
             let seg = a.segment;
@@ -387,6 +467,7 @@ impl Journal {
         }
         a.offset += len as u64;
         a.next_seq += 1;
+        self.durable_end = (a.generation, a.segment, a.offset);
         Ok(Appended { generation: a.generation, seq: header.seq, disk_bytes: len as u64 })
     }
 
@@ -509,6 +590,7 @@ impl Journal {
             next_seq: 1,
         });
         self.last_generation = number;
+        self.durable_end = (number, 1, block_bytes as u64);
         self.tip = Tip::At { version: made.base_version, pending_txn: false };
         self.sealed = false;
         let tip = self.tip;
@@ -522,6 +604,23 @@ impl Journal {
         });
         self.request_next_segment();
         Ok(number)
+    }
+}
+
+impl Drop for Journal {
+    /// Waits for the segment preparer before the lock (a field) is released:
+    /// a journal reopened in the same process must not meet a segment still
+    /// being created by the previous writer's thread.
+    fn drop(&mut self) {
+        self.preparer.shutdown();
+    }
+}
+
+/// Formats a record location without building a [`super::RecordLoc`].
+struct RecordLocDisplay(u64, u32, u64);
+impl std::fmt::Display for RecordLocDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation {}, segment {}, byte offset {}", self.0, self.1, self.2)
     }
 }
 
@@ -552,8 +651,10 @@ pub fn file_crc32c(path: &Path) -> Result<(u64, u32)> {
 /// for a zero-fill. One job at a time: the writer asks for segment k+1 when
 /// it starts writing into segment k.
 struct Preparer {
-    jobs: mpsc::SyncSender<(u64, PathBuf, SegmentHeader)>,
+    /// `None` once the preparer is shutting down.
+    jobs: Option<mpsc::SyncSender<(u64, PathBuf, SegmentHeader)>>,
     slot: Arc<(Mutex<Slot>, Condvar)>,
+    worker: Option<thread::JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -569,7 +670,7 @@ impl Preparer {
         let (tx, rx) = mpsc::sync_channel::<(u64, PathBuf, SegmentHeader)>(1);
         let slot = Arc::new((Mutex::new(Slot::Idle), Condvar::new()));
         let worker_slot = slot.clone();
-        thread::Builder::new()
+        let worker = thread::Builder::new()
             .name("segment-preparer".into())
             .spawn(move || {
                 for (generation, dir, header) in rx {
@@ -583,7 +684,16 @@ impl Preparer {
                 }
             })
             .expect("spawn the segment preparer thread");
-        Preparer { jobs: tx, slot }
+        Preparer { jobs: Some(tx), slot, worker: Some(worker) }
+    }
+
+    /// Stops the worker once its current job is done. Until then it may be
+    /// writing into the journal directory, so the journal's lock must be held.
+    fn shutdown(&mut self) {
+        drop(self.jobs.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 
     fn request(&self, generation: u64, dir: PathBuf, header: SegmentHeader) {
@@ -596,7 +706,8 @@ impl Preparer {
         }
         *s = Slot::Working { generation, segment: header.segment };
         drop(s);
-        if self.jobs.try_send((generation, dir, header)).is_err() {
+        let sent = self.jobs.as_ref().is_some_and(|j| j.try_send((generation, dir, header)).is_ok());
+        if !sent {
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Idle;
         }
     }
