@@ -132,6 +132,11 @@ impl<R: Read> FrameReader<R> {
                 b'}' | b']' => {
                     self.depth -= 1;
                     if self.depth == 0 {
+                        // The object a message is must close with a brace;
+                        // inner mismatches are left to the JSON parser.
+                        if self.buf[i] != b'}' {
+                            return Err(ProtocolError::Garbage(self.buf[i]));
+                        }
                         self.scanned = i + 1;
                         return Ok(Some(i + 1));
                     }
@@ -321,6 +326,9 @@ mod tests {
         let (msgs, err) = frames(b"{\"a\":1}\n{\"b\":");
         assert_eq!(msgs.len(), 1);
         assert!(err.unwrap().contains("middle"));
+        // Found by tests/fuzz.rs: an object closed by a bracket is not a message.
+        let (msgs, err) = frames(b"{]}");
+        assert!(msgs.is_empty() && err.is_some());
     }
 
     #[test]
