@@ -147,13 +147,14 @@ fn check_wallet_in_background(params: Option<&serde_json::value::RawValue>, engi
     let conf = &v["configuration"];
     let (Some(dir), Some(rpc)) = (conf["lightning-dir"].as_str(), conf["rpc-file"].as_str()) else { return };
     let socket = Path::new(dir).join(rpc);
+    let lightning_dir = PathBuf::from(dir);
     let Some(database) = engine.config().map(|c| c.database.clone()) else { return };
     let out = out.clone();
     std::thread::Builder::new()
         .name("wallet-check".into())
         .spawn(move || {
             let dsn = match crate::rpc::wallet_dsn(&socket) {
-                Ok(d) => d,
+                Ok(d) => crate::rpc::effective_wallet_dsn(d, &lightning_dir),
                 Err(e) => {
                     out.log("warn", &format!("cln-replica: could not check lightningd's wallet setting: {e:#}"));
                     return;
