@@ -140,6 +140,15 @@ def children_of(pid):
     return out
 
 
+def ppid_of(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            stat = f.read()
+        return int(stat[stat.rindex(')') + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def pid_alive(pid):
     try:
         with open('/proc/%d/stat' % pid) as f:
@@ -533,11 +542,13 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
     def plugin_pid(self):
-        """The pid of cln-replica under this lightningd."""
+        """The pid of cln-replica under this lightningd: its direct child
+        (the plugin's guard process runs the same executable, one level
+        further down)."""
         if not self.running():
             return None
         for p in children_of(self.proc.pid):
-            if exe_of(p) == self.env.plugin:
+            if exe_of(p) == self.env.plugin and ppid_of(p) == self.proc.pid:
                 self.pids.add(p)
                 return p
         return None

@@ -407,33 +407,27 @@ def run_suite(env, scaled):
         os.kill(plugin, signal.SIGKILL)
         rc = a.wait_exit(what='kill -9 of its important plugin')
         bg.stop_flag.set()
-        # Two ways out, both seen with v26.06: the plugin dies between hooks
-        # and lightningd shuts down ("Plugin marked as important, shutting
-        # down lightningd!"), or it dies while lightningd waits on its hook
-        # inside a transaction and lightningd aborts ("Already in
-        # transaction", SIGABRT): nothing of that transaction is committed.
-        said = log_lines(a, r'important, shutting down lightningd|FATAL SIGNAL|Already in transaction', offset)
-        if not said:
-            raise Failure('lightningd exited (rc %s) without saying its important plugin died' % rc)
-        log('lightningd stopped (rc %s): %s' % (rc, said[0].strip()[-90:]))
-        # lightningd v26.06 does not exit at once: it drops the dead plugin
-        # from the hook and then shuts down like after `stop`; anything it
-        # commits on the way (a block, a network event) passes unseen. The
-        # journal must hold everything up to the plugin's death, and the next
-        # start must find the missed changes and heal them with a snapshot.
+        # The plugin's guard process (src/plugin/guard.rs) holds its stdout,
+        # sees it die and SIGKILLs lightningd: lightningd never learns that
+        # the plugin went, so it cannot commit without it. (Without the guard,
+        # v26.06 drops the dead plugin from the hook and shuts down like after
+        # `stop`, committing a block or a network event unseen.)
+        with open(os.path.join(a.dir, 'stdout.log'), errors='replace') as f:
+            said = [line for line in f if 'cln-replica guard: the plugin died' in line]
+        if rc != -signal.SIGKILL or not said:
+            raise Failure('lightningd exited with rc %s after its plugin was killed; expected the guard\'s SIGKILL '
+                          '(guard message %s)' % (rc, 'present' if said else 'absent'))
+        log('lightningd killed by the plugin\'s guard (rc %s): %s' % (rc, said[-1].strip()[:120]))
         dv = data_version(db_snapshot(a.db, os.path.join(env.workdir, 'pluginkill.sqlite3')))
         gen_before, tip = journal_tip(env, a.journal)
         unseen = (dv - tip) & 0xffffffff
-        if unseen == 0 or unseen == 0xffffffff:
-            check_journal(env, a, 'after kill -9 of the plugin')
-            unseen = 0
-        elif unseen > 1 << 31:
-            raise Failure('journal %d ahead of the database %d after the plugin kill' % (tip, dv))
-        else:
-            log('NOTE: lightningd committed %d change(s) after its important plugin died (journal %d, database '
-                '%d): lightningd\'s own shutdown path; the next start must heal them' % (unseen, tip, dv))
-        SUMMARY['plugin_kill'] = ('lightningd stopped (rc %s: %s); %d change(s) committed by lightningd after '
-                                  'the plugin died' % (rc, said[0].strip()[-45:], unseen))
+        if unseen not in (0, 0xffffffff):
+            raise Failure('the database (data_version %d) is ahead of the journal (%d) after the plugin was killed: '
+                          'lightningd committed without it' % (dv, tip))
+        check_journal(env, a, 'after kill -9 of the plugin')
+        unseen = 0
+        SUMMARY['plugin_kill'] = ('lightningd SIGKILLed by the guard (rc %s); nothing committed after the plugin '
+                                  'died' % rc)
         offset = a.log_size()
         a.start()
         gap = log_lines(a, r'gap: lightningd committed (\d+)', offset)
