@@ -34,13 +34,39 @@ pub fn call(socket: &Path, method: &str, params: Value, timeout: Duration) -> Re
 }
 
 /// lightningd's `wallet` setting (a DSN such as `sqlite3:///path` or
-/// `postgres://...`), from `listconfigs`.
-pub fn wallet_dsn(socket: &Path) -> Result<String> {
+/// `postgres://...`), from `listconfigs`; `None` when it is not set.
+/// lightningd (v26.06) reports `wallet` only when it was given explicitly:
+/// with the default wallet the answer is `{"configs":{}}`.
+pub fn wallet_dsn(socket: &Path) -> Result<Option<String>> {
     let r = call(socket, "listconfigs", serde_json::json!({"config": "wallet"}), Duration::from_secs(30))?;
+    if r.pointer("/configs/wallet").is_none() {
+        return Ok(None);
+    }
     r.pointer("/configs/wallet/value_str")
         .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("listconfigs did not report the wallet setting: {r}"))
+        .map(|s| Some(s.to_string()))
+        .ok_or_else(|| anyhow!("listconfigs reported the wallet setting without a value: {r}"))
+}
+
+/// The wallet lightningd uses: the reported setting, or its default,
+/// `lightningd.sqlite3` in the network directory (`lightning-dir` in the
+/// plugin's `init`).
+pub fn effective_wallet_dsn(reported: Option<String>, lightning_dir: &Path) -> String {
+    reported.unwrap_or_else(|| format!("sqlite3://{}", lightning_dir.join(crate::config::DEFAULT_DATABASE).display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_wallet_is_the_default_database() {
+        assert_eq!(
+            effective_wallet_dsn(None, Path::new("/home/ln/.lightning/bitcoin")),
+            "sqlite3:///home/ln/.lightning/bitcoin/lightningd.sqlite3"
+        );
+        assert_eq!(effective_wallet_dsn(Some("postgres://db".into()), Path::new("/x")), "postgres://db");
+    }
 }
 
 /// What came of asking lightningd to `stop`.

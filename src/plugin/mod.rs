@@ -8,6 +8,7 @@
 //! the journal is sealed before the process exits.
 
 pub mod engine;
+pub mod guard;
 pub mod protocol;
 
 use crate::device::RealDevice;
@@ -42,6 +43,8 @@ fn manifest() -> serde_json::Value {
 
 /// Runs the plugin on stdin/stdout; returns the process exit code.
 pub fn run() -> i32 {
+    // First, while this process has a single thread (it forks).
+    guard::start();
     // Whatever the build's panic strategy, a panic in any thread ends the
     // process: lightningd then sees its important plugin die and stops,
     // rather than waiting on a hook nobody will answer.
@@ -54,7 +57,9 @@ pub fn run() -> i32 {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let mut engine = Engine::new(cwd, out.clone(), Arc::new(RealDevice));
     let reader = FrameReader::new(std::io::stdin(), Some(0));
-    serve(reader, &out, &mut engine)
+    let code = serve(reader, &out, &mut engine);
+    guard::release();
+    code
 }
 
 /// The loop, over any reader (tests feed it directly).
@@ -147,13 +152,14 @@ fn check_wallet_in_background(params: Option<&serde_json::value::RawValue>, engi
     let conf = &v["configuration"];
     let (Some(dir), Some(rpc)) = (conf["lightning-dir"].as_str(), conf["rpc-file"].as_str()) else { return };
     let socket = Path::new(dir).join(rpc);
+    let lightning_dir = PathBuf::from(dir);
     let Some(database) = engine.config().map(|c| c.database.clone()) else { return };
     let out = out.clone();
     std::thread::Builder::new()
         .name("wallet-check".into())
         .spawn(move || {
             let dsn = match crate::rpc::wallet_dsn(&socket) {
-                Ok(d) => d,
+                Ok(d) => crate::rpc::effective_wallet_dsn(d, &lightning_dir),
                 Err(e) => {
                     out.log("warn", &format!("cln-replica: could not check lightningd's wallet setting: {e:#}"));
                     return;
@@ -162,6 +168,7 @@ fn check_wallet_in_background(params: Option<&serde_json::value::RawValue>, engi
             if let Some(problem) = wallet_problem(&dsn, &database) {
                 out.log("error", &format!("cln-replica: {problem}; stopping lightningd"));
                 eprintln!("cln-replica: {problem}");
+                guard::release();
                 std::process::exit(1);
             }
         })
