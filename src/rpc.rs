@@ -55,20 +55,6 @@ pub fn effective_wallet_dsn(reported: Option<String>, lightning_dir: &Path) -> S
     reported.unwrap_or_else(|| format!("sqlite3://{}", lightning_dir.join(crate::config::DEFAULT_DATABASE).display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unset_wallet_is_the_default_database() {
-        assert_eq!(
-            effective_wallet_dsn(None, Path::new("/home/ln/.lightning/bitcoin")),
-            "sqlite3:///home/ln/.lightning/bitcoin/lightningd.sqlite3"
-        );
-        assert_eq!(effective_wallet_dsn(Some("postgres://db".into()), Path::new("/x")), "postgres://db");
-    }
-}
-
 /// What came of asking lightningd to `stop`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -119,6 +105,15 @@ mod tests {
                 s.write_all(r.as_bytes()).unwrap();
             }
         })
+    }
+
+    #[test]
+    fn an_unset_wallet_is_the_default_database() {
+        assert_eq!(
+            effective_wallet_dsn(None, Path::new("/home/ln/.lightning/bitcoin")),
+            "sqlite3:///home/ln/.lightning/bitcoin/lightningd.sqlite3"
+        );
+        assert_eq!(effective_wallet_dsn(Some("postgres://db".into()), Path::new("/x")), "postgres://db");
     }
 
     #[test]
