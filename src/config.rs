@@ -39,6 +39,24 @@ pub struct Config {
     /// Where the plugin publishes its status as JSON (atomically replaced).
     #[serde(default)]
     pub status_file: Option<PathBuf>,
+    /// What the plugin does when the backup device fails or disappears.
+    #[serde(default)]
+    pub on_device_lost: DeviceLostPolicy,
+}
+
+/// `on_device_lost`: what a failed or vanished backup device does to lightningd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceLostPolicy {
+    /// Refuse the hook: lightningd stops before committing an unprotected
+    /// change. The safe default: a node without its backup is one SD card
+    /// failure away from losing funds.
+    #[default]
+    Halt,
+    /// Answer `continue` without a backup, log it loudly and raise the alert
+    /// (status `degraded`, the panel's alert LED). The backup resumes, with a
+    /// new snapshot, when the plugin next starts with the device back.
+    Degrade,
 }
 
 fn default_database() -> PathBuf {
@@ -68,6 +86,7 @@ impl Config {
             segment_bytes: default_segment_bytes(),
             shutdown_quiet_ms: default_shutdown_quiet_ms(),
             status_file: None,
+            on_device_lost: DeviceLostPolicy::Halt,
         }
     }
 

@@ -35,6 +35,9 @@ pub enum PluginState {
     Halted,
     /// Clean stop: the journal is sealed.
     Stopped,
+    /// `on_device_lost = "degrade"`: the backup device failed and lightningd
+    /// goes on WITHOUT a backup. `degraded` says why.
+    Degraded,
 }
 
 /// The status as published (the status file's schema).
@@ -56,6 +59,10 @@ pub struct PluginStatus {
     pub hook_latency_us_p50: Option<u64>,
     pub hook_latency_us_p99: Option<u64>,
     pub updated_unix_ms: u64,
+    /// Why the plugin runs without its backup device (`on_device_lost =
+    /// "degrade"`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// The last hook latencies, for percentiles. Bounded: 4096 samples.
@@ -101,6 +108,7 @@ struct Board {
     journal: Option<PathBuf>,
     progress: Option<Arc<Progress>>,
     latencies: LatencyRing,
+    degraded: Option<String>,
 }
 
 /// Shared between the engine (which updates it) and the publisher thread.
@@ -131,6 +139,16 @@ impl StatusBoard {
         }
     }
 
+    /// The plugin goes on without its backup device (`on_device_lost = "degrade"`).
+    pub fn set_degraded(&self, why: String) {
+        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        b.state = Some(PluginState::Degraded);
+        b.degraded = Some(why);
+        if let Some(p) = &b.progress {
+            p.publish(|_| {});
+        }
+    }
+
     pub fn record_hook(&self, us: u64) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).latencies.record(us);
     }
@@ -149,7 +167,7 @@ impl StatusBoard {
         let pct = b.latencies.percentiles();
         let mut state = b.state.unwrap_or(PluginState::Starting);
         let mut reason = b.reason.clone();
-        if p.failed && state != PluginState::Halted {
+        if p.failed && !matches!(state, PluginState::Halted | PluginState::Degraded) {
             state = PluginState::Halted;
             reason = Some("the backup device failed".into());
         }
@@ -168,6 +186,7 @@ impl StatusBoard {
             hook_latency_us_p50: pct.map(|p| p.0),
             hook_latency_us_p99: pct.map(|p| p.1),
             updated_unix_ms: now_unix_ms(),
+            degraded: b.degraded.clone(),
         }
     }
 }

@@ -135,6 +135,7 @@ pub fn assess(i: &Inputs) -> Condition {
             Condition::Writing
         }
         PluginState::InSync => Condition::InSync,
+        PluginState::Degraded => Condition::Alert("running without backup".into()),
         PluginState::Halted | PluginState::Stopped => unreachable!("handled above"),
     }
 }

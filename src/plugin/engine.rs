@@ -8,7 +8,7 @@
 //! thread from [`crate::journal::Progress`].
 
 use super::protocol::{DbWrite, Output};
-use crate::config::{self, Config};
+use crate::config::{self, Config, DeviceLostPolicy};
 use crate::device::Device;
 use crate::journal::Journal;
 use crate::snapshot;
@@ -52,6 +52,9 @@ pub struct Engine {
     /// halt, a failed write. lightningd stops at the first refusal; if it
     /// somehow calls again, the answer is the same.
     failure: Option<String>,
+    /// Set when the backup device failed under `on_device_lost = "degrade"`:
+    /// every later hook is answered `continue` without a backup.
+    degraded: Option<String>,
     pub latencies: LatencyRing,
     pub status: Arc<StatusBoard>,
 }
@@ -65,6 +68,7 @@ impl Engine {
             config: None,
             journal: None,
             failure: None,
+            degraded: None,
             latencies: LatencyRing::default(),
             status: Arc::new(StatusBoard::default()),
         }
@@ -108,8 +112,10 @@ impl Engine {
             );
         }
         let config = Config::load(&path, &self.cwd)?;
+        self.config = Some(config.clone());
         let journal = Journal::open(&config.journal, self.device.clone(), config.journal_options())
-            .with_context(|| format!("cannot open the journal {}", config.journal.display()))?;
+            .with_context(|| format!("cannot open the journal {}", config.journal.display()))
+            .map_err(DeviceLost)?;
         if same_filesystem(&config.journal, &config.database) {
             self.out.log(
                 "warn",
@@ -134,6 +140,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether `err` is the backup device failing (rather than bad input or
+    /// a state that went backwards) and the operator chose to go on without it.
+    fn degrade_on(&self, err: &anyhow::Error) -> bool {
+        let policy = self.config.as_ref().map_or(DeviceLostPolicy::Halt, |c| c.on_device_lost);
+        let device_failed =
+            err.downcast_ref::<DeviceLost>().is_some() || self.journal.as_ref().is_some_and(|j| j.poisoned().is_some());
+        policy == DeviceLostPolicy::Degrade && device_failed
+    }
+
+    /// Goes on without a backup (`on_device_lost = "degrade"`), loudly.
+    fn degrade(&mut self, err: anyhow::Error) {
+        let why = format!("{err:#}");
+        self.out.log(
+            "error",
+            &format!(
+                "cln-replica: the backup device failed ({why}); on_device_lost = \"degrade\": lightningd goes on \
+                 WITHOUT A BACKUP. Fix the device and restart lightningd: the backup resumes with a new snapshot"
+            ),
+        );
+        self.status.set_degraded(why.clone());
+        self.degraded = Some(why);
+    }
+
     /// Records a failure that refuses every later hook, and says so.
     fn fail(&mut self, why: String) -> String {
         self.out.log("error", &format!("cln-replica: {why}"));
@@ -149,11 +178,27 @@ impl Engine {
             Some(Err(e)) => return Answer::Refuse(self.fail(format!("invalid db_write parameters: {e}"))),
             None => return Answer::Refuse(self.fail("db_write without parameters".into())),
         };
+        if self.degraded.is_some() {
+            return Answer::Continue;
+        }
+        if self.journal.is_none() && self.failure.is_none() {
+            if let Err(e) = self.open() {
+                if self.degrade_on(&e) {
+                    self.degrade(e);
+                    return Answer::Continue;
+                }
+                return Answer::Refuse(self.fail(format!("{e:#}")));
+            }
+        }
         if let Err(why) = self.ensure_ready() {
             return Answer::Refuse(why);
         }
         match self.store(&call) {
             Ok(()) => Answer::Continue,
+            Err(e) if self.degrade_on(&e) => {
+                self.degrade(e);
+                Answer::Continue
+            }
             Err(e) => Answer::Refuse(self.fail(format!("{e:#}"))),
         }
     }
@@ -216,6 +261,18 @@ impl Engine {
         self.status.set_state(PluginState::Stopped, None);
     }
 }
+
+/// Marks an error as the backup device being unusable (journal open failed).
+#[derive(Debug)]
+struct DeviceLost(anyhow::Error);
+
+impl std::fmt::Display for DeviceLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for DeviceLost {}
 
 fn describe_tip(tip: state::Tip, generation: u64) -> String {
     match tip {

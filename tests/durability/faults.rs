@@ -205,6 +205,40 @@ fn a_read_only_or_vanished_device_refuses() {
 }
 
 #[test]
+fn with_on_device_lost_degrade_a_vanished_device_lets_lightningd_go_on_and_raises_the_alert() {
+    let mut bed = bed();
+    let config = bed.ln.dir.join("cln-replica.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}on_device_lost = \"degrade\"\n")).unwrap();
+    bed.ln.stop_plugin();
+    bed.ln.start_plugin();
+    assert_eq!(bed.ln.apply(&bed.work.next_change()), Answer::Continue);
+    let acked = bed.ln.hash();
+    bed.fault.vanish(libc::EIO);
+    for _ in 0..3 {
+        assert_eq!(bed.ln.apply(&bed.work.next_change()), Answer::Continue, "degraded: lightningd goes on");
+    }
+    let status = bed.ln.status().unwrap();
+    assert_eq!(status.state, cln_replica::status::PluginState::Degraded);
+    assert!(status.degraded.as_deref().is_some_and(|w| w.contains("backup device")), "{status:?}");
+    // The journal holds what was acknowledged before the loss.
+    assert_restorable_at_last_ack(&bed, acked);
+    // Restarted while the device is still gone: still degraded, never refused.
+    bed.ln.stop_plugin();
+    bed.ln.start_plugin();
+    assert_eq!(bed.ln.apply(&bed.work.next_change()), Answer::Continue);
+    assert_eq!(bed.ln.status().unwrap().state, cln_replica::status::PluginState::Degraded);
+    // The device is back and lightningd restarts: the backup resumes (a gap:
+    // a new snapshot) and restores to the node's database.
+    bed.ln.stop_plugin();
+    bed.fault.clear_faults();
+    bed.ln.start_plugin();
+    assert_eq!(bed.ln.apply(&bed.work.next_change()), Answer::Continue);
+    assert_eq!(bed.ln.status().unwrap().state, cln_replica::status::PluginState::InSync);
+    assert_eq!(restored_hash(&bed).unwrap(), bed.ln.hash());
+}
+
+#[test]
 fn journal_poisoning_at_the_journal_level() {
     use cln_replica::journal::format::BaseKind;
     use cln_replica::journal::{Journal, JournalOptions, SnapshotMade};

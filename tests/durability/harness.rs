@@ -146,6 +146,11 @@ impl Lightningd {
         }
     }
 
+    /// The plugin's published status, if it runs.
+    pub fn status(&self) -> Option<cln_replica::status::PluginStatus> {
+        self.engine.as_ref().map(|e| e.status.snapshot())
+    }
+
     pub fn has_plugin(&self) -> bool {
         self.engine.is_some()
     }
