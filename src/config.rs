@@ -39,6 +39,19 @@ pub struct Config {
     /// Where the plugin publishes its status as JSON (atomically replaced).
     #[serde(default)]
     pub status_file: Option<PathBuf>,
+    /// Retention: how many generations to keep (at least 1). An older
+    /// generation is removed only once a newer one is durable; `restore --at`
+    /// and `--before` reach back across the generations kept.
+    #[serde(default = "default_keep_generations")]
+    pub keep_generations: u32,
+    /// Compact in the background once the current generation's records take
+    /// this many bytes (0: never by size).
+    #[serde(default = "default_compact_journal_bytes")]
+    pub compact_journal_bytes: u64,
+    /// Compact in the background once the current generation is this old and
+    /// holds at least one change (0: never by age).
+    #[serde(default)]
+    pub compact_after_secs: u64,
 }
 
 fn default_database() -> PathBuf {
@@ -56,6 +69,12 @@ fn default_segment_bytes() -> u64 {
 fn default_shutdown_quiet_ms() -> u64 {
     500
 }
+fn default_keep_generations() -> u32 {
+    2
+}
+fn default_compact_journal_bytes() -> u64 {
+    1 << 30
+}
 
 impl Config {
     /// A configuration with defaults for everything but the journal.
@@ -68,6 +87,9 @@ impl Config {
             segment_bytes: default_segment_bytes(),
             shutdown_quiet_ms: default_shutdown_quiet_ms(),
             status_file: None,
+            keep_generations: default_keep_generations(),
+            compact_journal_bytes: default_compact_journal_bytes(),
+            compact_after_secs: 0,
         }
     }
 
@@ -82,6 +104,9 @@ impl Config {
             bail!("`journal` is empty: name the directory on the backup device");
         }
         self.journal_options().validate()?;
+        if self.keep_generations == 0 {
+            bail!("keep_generations must be at least 1 (the newest generation is the backup)");
+        }
         if self.shutdown_quiet_ms > 30_000 {
             bail!("shutdown_quiet_ms must be at most 30000 (lightningd stops waiting for plugins after 30 s)");
         }
@@ -142,6 +167,9 @@ mod tests {
         assert!(Config::parse("journal = \"/j\"\nsegment_bytes = 10\n").is_err());
         assert!(Config::parse("journal = 5\n").is_err());
         assert!(Config::parse("journal = \"\"\n").is_err());
+        assert!(Config::parse("journal = \"/j\"\nkeep_generations = 0\n").is_err());
+        let c = Config::parse("journal = \"/j\"\nkeep_generations = 3\ncompact_after_secs = 60\n").unwrap();
+        assert_eq!((c.keep_generations, c.compact_after_secs), (3, 60));
     }
 
     #[test]

@@ -8,11 +8,15 @@
 //! - [`device`]: the I/O trait everything durable goes through;
 //! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
 //!   way in and the way back out;
+//! - [`compact`], compaction (a new generation rolled up from the previous one)
+//!   and retention;
 //! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
 //! - [`cli`]: the command line, one file per subcommand.
 
 pub mod cli;
+pub mod compact;
 pub mod config;
+pub mod crashpoint;
 pub mod dbcompare;
 pub mod device;
 pub mod inventory;

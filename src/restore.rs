@@ -41,17 +41,42 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
-/// Picks the generation to restore from for `at` (the newest when `None`).
-pub fn pick_generation(generations: &[Generation], at: Option<u32>) -> Result<&Generation> {
+/// Picks the generation to restore from: for `at`, the newest whose base is
+/// at or before it; for `before_unix_ms`, the newest created at or before that
+/// time (its records are then replayed up to the time). With neither, the
+/// newest. Older generations are kept by retention (`keep_generations`), so
+/// both reach back across generations.
+pub fn pick_generation(
+    generations: &[Generation],
+    at: Option<u32>,
+    before_unix_ms: Option<u64>,
+) -> Result<&Generation> {
     let Some(newest) = generations.last() else {
         bail!("the journal holds no generation: nothing to restore (has the plugin run with this journal?)");
     };
-    let Some(at) = at else { return Ok(newest) };
-    generations.iter().rev().find(|g| g.header.base_version <= at).ok_or_else(|| {
-        anyhow::anyhow!(
-            "data_version {at} is older than the oldest generation's snapshot (data_version {}): it is not restorable",
-            generations[0].header.base_version
-        )
+    let fits = |g: &&Generation| {
+        at.is_none_or(|v| g.header.base_version <= v) && before_unix_ms.is_none_or(|t| g.header.created_unix_ms <= t)
+    };
+    if at.is_none() && before_unix_ms.is_none() {
+        return Ok(newest);
+    }
+    generations.iter().rev().find(fits).ok_or_else(|| {
+        let oldest = &generations[0];
+        match (at, before_unix_ms) {
+            (Some(at), _) if oldest.header.base_version > at => anyhow::anyhow!(
+                "data_version {at} is older than the oldest generation's snapshot (data_version {}): it is not \
+                 restorable (raise keep_generations to keep more history)",
+                oldest.header.base_version
+            ),
+            (_, Some(t)) => anyhow::anyhow!(
+                "{} is before the oldest generation kept was created ({}, data_version {}): it is not restorable \
+                 (raise keep_generations to keep more history)",
+                crate::cli::time::format_unix_ms(t),
+                crate::cli::time::format_unix_ms(oldest.header.created_unix_ms),
+                oldest.header.base_version
+            ),
+            _ => anyhow::anyhow!("no generation covers the requested point"),
+        }
     })
 }
 
@@ -66,7 +91,7 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(u64)) -> Result<R
     }
     let generations =
         reader::generations(&opts.from).with_context(|| format!("cannot read the journal {}", opts.from.display()))?;
-    let generation = pick_generation(&generations, opts.at)?;
+    let generation = pick_generation(&generations, opts.at, opts.before_unix_ms)?;
     let tmp = temporary_path(&opts.to);
     replay::remove_if_exists(&tmp);
     let result = (|| -> Result<RestoreReport> {

@@ -1,6 +1,7 @@
 //! The command line: a thin shell over the library, one file per subcommand.
 
 mod bench;
+mod compact;
 mod demo;
 mod init;
 mod restore;
@@ -31,6 +32,7 @@ enum Command {
     Restore(restore::Args),
     Verify(verify::Args),
     Status(status::Args),
+    Compact(compact::Args),
     Demo(demo::Args),
     Bench(bench::Args),
 }
@@ -42,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
+        Command::Compact(a) => compact::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
     };
