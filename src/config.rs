@@ -52,6 +52,14 @@ pub struct Config {
     /// holds at least one change (0: never by age).
     #[serde(default)]
     pub compact_after_secs: u64,
+    /// A second SQLite database kept up to date from the journal, bootable as
+    /// is (relative to this file's directory unless absolute).
+    #[serde(default)]
+    pub mirror: Option<PathBuf>,
+    /// The mirror never lags the journal by more than this many
+    /// data_versions: past it, the hook waits for the mirror (up to 10 s).
+    #[serde(default = "default_mirror_max_lag")]
+    pub mirror_max_lag: u32,
 }
 
 fn default_database() -> PathBuf {
@@ -68,6 +76,9 @@ fn default_segment_bytes() -> u64 {
 }
 fn default_shutdown_quiet_ms() -> u64 {
     500
+}
+fn default_mirror_max_lag() -> u32 {
+    1000
 }
 fn default_keep_generations() -> u32 {
     2
@@ -90,6 +101,8 @@ impl Config {
             keep_generations: default_keep_generations(),
             compact_journal_bytes: default_compact_journal_bytes(),
             compact_after_secs: 0,
+            mirror: None,
+            mirror_max_lag: default_mirror_max_lag(),
         }
     }
 
@@ -104,6 +117,9 @@ impl Config {
             bail!("`journal` is empty: name the directory on the backup device");
         }
         self.journal_options().validate()?;
+        if self.mirror.as_ref().is_some_and(|m| m.as_os_str().is_empty()) {
+            bail!("`mirror` is empty: name the database file to keep, or remove the line");
+        }
         if self.keep_generations == 0 {
             bail!("keep_generations must be at least 1 (the newest generation is the backup)");
         }
@@ -126,6 +142,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         if c.journal.is_relative() {
             c.journal = base.join(&c.journal);
+        }
+        if let Some(m) = c.mirror.as_mut().filter(|m| m.is_relative()) {
+            *m = base.join(&*m);
         }
         if c.database.is_relative() {
             c.database = network_dir.join(&c.database);

@@ -9,7 +9,7 @@
 //! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
 //!   way in and the way back out;
 //! - [`compact`], compaction (a new generation rolled up from the previous one)
-//!   and retention;
+//!   and retention; [`mirror`], a bootable second database fed from the journal;
 //! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
 //! - [`cli`]: the command line, one file per subcommand.
 
@@ -21,6 +21,7 @@ pub mod dbcompare;
 pub mod device;
 pub mod inventory;
 pub mod journal;
+pub mod mirror;
 pub mod plugin;
 pub mod replay;
 pub mod restore;

@@ -59,6 +59,8 @@ pub struct Engine {
     /// thread adopts its result at the start of a hook.
     compactor: Option<Compactor>,
     pub compaction: Arc<Mutex<CompactionStatus>>,
+    /// The mirror's follower thread, if `mirror` is configured.
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 impl Engine {
@@ -74,6 +76,7 @@ impl Engine {
             status: Arc::new(StatusBoard::default()),
             compactor: None,
             compaction: Arc::new(Mutex::new(CompactionStatus { state: "idle".into(), ..Default::default() })),
+            mirror: None,
         }
     }
 
@@ -142,9 +145,18 @@ impl Engine {
             config.journal_options(),
             journal.progress(),
         ));
+        if let Some(path) = &config.mirror {
+            let m = crate::mirror::Mirror::spawn(config.journal.clone(), path.clone(), journal.progress())
+                .context("cannot start the mirror's thread")?;
+            self.mirror = Some(m);
+        }
         self.config = Some(config);
         self.journal = Some(journal);
         Ok(())
+    }
+
+    pub fn mirror_status(&self) -> Option<crate::mirror::MirrorStatus> {
+        self.mirror.as_ref().map(|m| m.status())
     }
 
     /// Starts a background compaction (the `replica-compact` method, or a
@@ -209,7 +221,16 @@ impl Engine {
         let Some(config) = self.config.as_ref() else { return };
         let (device, dir, keep, out) =
             (self.device.clone(), config.journal.clone(), config.keep_generations as usize, self.out.clone());
+        let generation = self.journal.as_ref().map_or(0, |j| j.generation());
+        let mirror_moved = self.mirror.as_ref().map(|m| m.watcher());
         let spawned = std::thread::Builder::new().name("retention".into()).spawn(move || {
+            // The mirror finishes the generation it is on before moving to
+            // the new one: keep it until then (bounded).
+            if let Some(moved) = mirror_moved {
+                if !moved(generation, std::time::Duration::from_secs(60)) {
+                    out.log("warn", "retention: the mirror has not moved to the new generation; removing anyway");
+                }
+            }
             match crate::journal::writer::retire_generations(device.as_ref(), &dir, keep) {
                 Ok(removed) if !removed.is_empty() => {
                     out.log("info", &format!("retention: removed generation(s) {removed:?} (keeping {keep})"))
@@ -318,6 +339,13 @@ impl Engine {
         }
         journal.append(n, kind, &call.writes)?;
         self.maybe_compact();
+        if let (Some(m), Some(c)) = (&self.mirror, &self.config) {
+            // Backpressure, only past the bound: normally the mirror is a
+            // record or two behind and this is one uncontended lock.
+            if !m.wait_within(n, c.mirror_max_lag, std::time::Duration::from_secs(10)) {
+                self.out.log("warn", &format!("the mirror lags more than {} data_versions", c.mirror_max_lag));
+            }
+        }
         Ok(())
     }
 
@@ -339,6 +367,13 @@ impl Engine {
                     self.out.log("error", &format!("cannot seal the journal: {e:#}"));
                     return;
                 }
+            }
+        }
+        if let Some(m) = self.mirror.take() {
+            let generation = self.journal.as_ref().map_or(0, |j| j.generation());
+            match m.finish(generation) {
+                Ok(v) => self.out.log("info", &format!("mirror up to date at data_version {v}")),
+                Err(e) => self.out.log("error", &format!("cannot bring the mirror up to date: {e:#}")),
             }
         }
         self.status.set_state(PluginState::Stopped, None);

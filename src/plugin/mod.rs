@@ -128,6 +128,7 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
                 let mut v = serde_json::to_value(engine.status.snapshot()).expect("json");
                 let c = engine.compaction.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 v["compaction"] = serde_json::to_value(c).expect("json");
+                v["mirror"] = serde_json::to_value(engine.mirror_status()).expect("json");
                 out.reply(id, &v.to_string())
             }
             "replica-compact" => match engine.request_compaction() {
