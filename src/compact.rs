@@ -75,6 +75,8 @@ pub struct Builder {
     pub changes: u64,
     /// Records applied to the snapshot so far.
     pub applied: u64,
+    /// Called after each record read (offline: the progress bar).
+    pub on_record: Option<Box<dyn FnMut(u64, RecordLoc) + Send>>,
 }
 
 /// What the hook thread needs to switch to a compacted generation.
@@ -131,6 +133,7 @@ impl Builder {
             next_seq: 1,
             changes: 0,
             applied: 0,
+            on_record: None,
         })
     }
 
@@ -157,6 +160,9 @@ impl Builder {
             self.next = rec.end(self.block_bytes);
             self.next_seq = rec.header.seq + 1;
             read += 1;
+            if let Some(f) = self.on_record.as_mut() {
+                f(self.next_seq - 1, rec.loc);
+            }
             if rec.header.kind == RecordKind::Seal {
                 let sealed = Tip::At { version: rec.header.data_version, pending_txn: rec.header.is_txn() };
                 if sealed != self.resolver.tip() {
@@ -276,9 +282,16 @@ pub struct CompactReport {
     pub seconds: f64,
 }
 
+/// Progress of an offline compaction (for a progress bar).
+pub type ProgressFn = Box<dyn FnMut(&crate::restore::ReplayProgress) + Send>;
+
 /// `cln-replica compact` with the plugin stopped: takes the journal's lock,
 /// compacts the newest generation, applies retention.
-pub fn compact_offline(config: &Config, device: Arc<dyn Device>) -> Result<CompactReport> {
+pub fn compact_offline(
+    config: &Config,
+    device: Arc<dyn Device>,
+    progress: Option<ProgressFn>,
+) -> Result<CompactReport> {
     let started = std::time::Instant::now();
     let mut journal = match Journal::open(&config.journal, device.clone(), config.journal_options()) {
         Ok(j) => j,
@@ -299,6 +312,13 @@ pub fn compact_offline(config: &Config, device: Arc<dyn Device>) -> Result<Compa
         old,
         journal.next_generation_number(),
     )?;
+    if let Some(mut f) = progress {
+        let (total_bytes, starts) = crate::restore::generation_extent(old);
+        b.on_record = Some(Box::new(move |records, loc: RecordLoc| {
+            let done_bytes = starts.get(loc.segment as usize - 1).copied().unwrap_or(0) + loc.offset;
+            f(&crate::restore::ReplayProgress { records, done_bytes, total_bytes });
+        }));
+    }
     let result = (|| -> Result<CompactReport> {
         b.catch_up(None)?;
         let prepared = b.finalize()?;
@@ -391,6 +411,7 @@ impl Compactor {
         std::thread::Builder::new()
             .name("compactor".into())
             .spawn(move || {
+                background_priority();
                 let result = job(&journal, device.clone(), &opts, &progress, &shared.stop);
                 let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
                 let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
@@ -437,6 +458,19 @@ impl Compactor {
     /// Tells a running job to give up (at a clean stop).
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Lowers the calling thread's CPU and I/O priority (nice 10, idle I/O class
+/// where the I/O scheduler honours it): background work yields to the hook.
+pub fn background_priority() {
+    // SAFETY: plain syscalls on the calling thread's id; no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid as libc::c_long, IOPRIO_CLASS_IDLE << 13);
     }
 }
 

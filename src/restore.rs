@@ -80,8 +80,51 @@ pub fn pick_generation(
     })
 }
 
+/// How far a replay has got, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayProgress {
+    pub records: u64,
+    /// Bytes of the generation's records read so far, and in all.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Bytes of records in a generation's segments (the last segment up to its
+/// first zero block, found by bisection: records are contiguous), and each
+/// segment's starting position in that count.
+pub fn generation_extent(g: &Generation) -> (u64, Vec<u64>) {
+    use std::os::unix::fs::FileExt;
+    let block = g.block_bytes() as u64;
+    let mut starts = Vec::with_capacity(g.segments.len());
+    let mut total = 0;
+    for (i, s) in g.segments.iter().enumerate() {
+        starts.push(total);
+        if i + 1 < g.segments.len() {
+            total += s.file_bytes;
+            continue;
+        }
+        let zero_at = |b: u64| -> bool {
+            let mut h = [0u8; 48];
+            std::fs::File::open(&s.path)
+                .and_then(|f| f.read_exact_at(&mut h, b * block))
+                .map_or(true, |()| h == [0; 48])
+        };
+        let (mut lo, mut hi) = (1, s.file_bytes / block);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if zero_at(mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        total += lo * block;
+    }
+    (total, starts)
+}
+
 /// Restores with `progress` called after each applied record.
-pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(u64)) -> Result<RestoreReport> {
+pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress)) -> Result<RestoreReport> {
     let started = Instant::now();
     if opts.to.exists() && !opts.force {
         bail!("{} exists; restore will not overwrite it without --force", opts.to.display());
@@ -97,10 +140,12 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(u64)) -> Result<R
     let result = (|| -> Result<RestoreReport> {
         replay::copy_snapshot(generation, &tmp)?;
         let conn = replay::open_for_replay(&tmp)?;
+        let (total_bytes, starts) = generation_extent(generation);
         let mut n = 0;
-        let outcome = replay::replay_generation(&conn, generation, opts.at, opts.before_unix_ms, |_| {
+        let outcome = replay::replay_generation(&conn, generation, opts.at, opts.before_unix_ms, |r| {
             n += 1;
-            progress(n);
+            let done_bytes = starts.get(r.loc.segment as usize - 1).copied().unwrap_or(0) + r.loc.offset;
+            progress(&ReplayProgress { records: n, done_bytes, total_bytes });
         })?;
         if let Some(at) = opts.at {
             if outcome.data_version != at {

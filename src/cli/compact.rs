@@ -51,7 +51,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         config.keep_generations = k;
     }
     config.validate()?;
-    let report = crate::compact::compact_offline(&config, Arc::new(RealDevice))?;
+    let bar = Arc::new(std::sync::Mutex::new(None::<super::progress::Bar>));
+    let records = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (b, r) = (bar.clone(), records.clone());
+    let progress = Box::new(move |p: &crate::restore::ReplayProgress| {
+        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+        b.get_or_insert_with(|| super::progress::Bar::new("compact", p.total_bytes)).update(p.records, p.done_bytes);
+        r.store(p.records, std::sync::atomic::Ordering::Relaxed);
+    });
+    let report = crate::compact::compact_offline(&config, Arc::new(RealDevice), Some(progress));
+    if let Some(b) = bar.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        b.finish(records.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    let report = report?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

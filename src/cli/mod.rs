@@ -4,6 +4,7 @@ mod bench;
 mod compact;
 mod demo;
 mod init;
+pub mod progress;
 mod restore;
 mod status;
 pub mod time;

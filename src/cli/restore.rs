@@ -53,7 +53,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let before_unix_ms = a.before.as_deref().map(super::time::parse_to_unix_ms).transpose()?;
     let opts = RestoreOptions { from: a.from, to: a.to, at: a.at, before_unix_ms, force: a.force };
-    let report = restore(&opts, |_| {})?;
+    let mut bar = super::progress::Bar::new("restore", 0);
+    let mut last = 0;
+    let report = restore(&opts, |p| {
+        if last == 0 {
+            bar = super::progress::Bar::new("restore", p.total_bytes);
+        }
+        last = p.records;
+        bar.update(p.records, p.done_bytes);
+    })?;
+    bar.finish(last);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
