@@ -317,3 +317,20 @@ fn a_crash_at_every_step_of_the_plugins_compaction_loses_nothing() {
         s.assert_restores_to(&node);
     }
 }
+
+#[test]
+fn the_age_threshold_triggers_compaction() {
+    let s = Setup::new("keep_generations = 3\ncompact_after_secs = 1\ncompact_journal_bytes = 0\n");
+    let mut node = s.node_with_plugin();
+    schema(&mut node);
+    let mut w = Workload::new(52);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        changes(&mut node, &mut w, 1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.shutdown_plugin().unwrap();
+    let gens = generations(&s);
+    assert!(gens.iter().any(|g| g.1 == "compacted"), "{gens:?}\n{}", node.logs().join("\n"));
+    s.assert_restores_to(&node);
+}

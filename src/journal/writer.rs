@@ -357,7 +357,18 @@ impl Journal {
         Ok(())
     }
 
-    fn write_record<S: AsRef<str>>(&mut self, mut header: RecordHeader, statements: &[S]) -> Result<Appended> {
+    fn write_record<S: AsRef<str>>(&mut self, header: RecordHeader, statements: &[S]) -> Result<Appended> {
+        self.write_record_then(header, statements, true)
+    }
+
+    /// Writes a record; flushes it unless `flush` is false (the caller then
+    /// flushes the segment before anything depends on the record).
+    fn write_record_then<S: AsRef<str>>(
+        &mut self,
+        mut header: RecordHeader,
+        statements: &[S],
+        flush: bool,
+    ) -> Result<Appended> {
         self.check_usable()?;
         let a = self.active.as_ref().ok_or_else(|| anyhow!("no generation to append to"))?;
         header.seq = a.next_seq;
@@ -376,7 +387,10 @@ impl Journal {
         assert!(a.offset + len as u64 <= a.segment_bytes, "record fits in its segment");
         assert!(len % block as usize == 0 && header.seq == a.next_seq, "whole blocks, next sequence number");
         let offset = a.offset;
-        let write = a.file.write_all_at(&self.buf[..len], offset).and_then(|()| a.file.sync_data());
+        let write =
+            a.file
+                .write_all_at(&self.buf[..len], offset)
+                .and_then(|()| if flush { a.file.sync_data() } else { Ok(()) });
         if let Err(e) = write {
             let seg = a.segment;
             let ctx = format!(
@@ -604,7 +618,8 @@ impl Journal {
             next_seq: 1,
         });
         let mut written = h.block_bytes as u64;
-        for r in carried {
+        // One flush for all of them (they share segment 1: checked above).
+        for (i, r) in carried.iter().enumerate() {
             let statements = match r.statements() {
                 Ok(s) => s,
                 Err(e) => {
@@ -613,12 +628,12 @@ impl Journal {
                 }
             };
             let header = RecordHeader { seq: 0, generation: 0, ..r.header };
-            let appended = self.write_record(header, &statements)?;
+            let appended = self.write_record_then(header, &statements, i + 1 == carried.len())?;
             written += appended.disk_bytes;
         }
         crate::crashpoint::crash_point("compact-records-carried");
+        // The prepared directory's entries were flushed when it was finalized.
         let r = (|| -> Result<()> {
-            self.device.sync_dir(&prepared.dir)?;
             self.device.rename(&prepared.dir, &final_dir)?;
             self.device.sync_dir(&self.dir)?;
             Ok(())

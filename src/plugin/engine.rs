@@ -179,6 +179,7 @@ impl Engine {
     /// journal is an error; anything else drops the compacted generation.
     fn adopt_compacted(&mut self) -> Result<()> {
         let Some(h) = self.compactor.as_ref().and_then(|c| c.take_ready()) else { return Ok(()) };
+        let started = std::time::Instant::now();
         let journal = self.journal.as_mut().expect("journal opened");
         let dir = journal.dir().to_path_buf();
         let outcome = if journal.generation() != h.old_generation {
@@ -192,6 +193,7 @@ impl Engine {
         match outcome {
             Ok((g, carried)) => {
                 st.compactions += 1;
+                st.last_switch_us = Some(started.elapsed().as_micros() as u64);
                 let msg = format!(
                     "generation {g} compacted from generation {} at data_version {} ({} carried record(s))",
                     h.old_generation, h.prepared.header.base_version, carried
