@@ -430,8 +430,6 @@ impl Compactor {
                         st.state = "idle".into();
                         st.last_result = Some(format!("failed: {e:#}"));
                         st.last_failed_unix_ms = Some(now_unix_ms());
-                        let number = progress.get().generation + 1;
-                        let _ = device.remove_dir_all(&layout::generation_compact_dir(&journal, number));
                     }
                 }
             })
@@ -491,7 +489,16 @@ fn job(
         bail!("the journal holds no generation yet");
     }
     let old = Generation::open(journal, p.generation)?;
-    let mut b = Builder::start(journal, device, opts, &old, p.generation + 1)?;
+    let dir = layout::generation_compact_dir(journal, p.generation + 1);
+    let result = follow(Builder::start(journal, device.clone(), opts, &old, p.generation + 1), progress, stop);
+    if result.is_err() {
+        let _ = device.remove_dir_all(&dir);
+    }
+    result
+}
+
+fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool) -> Result<Handoff> {
+    let mut b = b?;
     loop {
         if stop.load(Ordering::Acquire) {
             bail!("the plugin is stopping");
