@@ -39,6 +39,27 @@ pub struct Config {
     /// Where the plugin publishes its status as JSON (atomically replaced).
     #[serde(default)]
     pub status_file: Option<PathBuf>,
+    /// Retention: how many generations to keep (at least 1). An older
+    /// generation is removed only once a newer one is durable; `restore --at`
+    /// and `--before` reach back across the generations kept.
+    #[serde(default = "default_keep_generations")]
+    pub keep_generations: u32,
+    /// Compact in the background once the current generation's records take
+    /// this many bytes (0: never by size).
+    #[serde(default = "default_compact_journal_bytes")]
+    pub compact_journal_bytes: u64,
+    /// Compact in the background once the current generation is this old and
+    /// holds at least one change (0: never by age).
+    #[serde(default)]
+    pub compact_after_secs: u64,
+    /// A second SQLite database kept up to date from the journal, bootable as
+    /// is (relative to this file's directory unless absolute).
+    #[serde(default)]
+    pub mirror: Option<PathBuf>,
+    /// The mirror never lags the journal by more than this many
+    /// data_versions: past it, the hook waits for the mirror (up to 10 s).
+    #[serde(default = "default_mirror_max_lag")]
+    pub mirror_max_lag: u32,
     /// What the plugin does when the backup device fails or disappears.
     #[serde(default)]
     pub on_device_lost: DeviceLostPolicy,
@@ -74,6 +95,15 @@ fn default_segment_bytes() -> u64 {
 fn default_shutdown_quiet_ms() -> u64 {
     500
 }
+fn default_mirror_max_lag() -> u32 {
+    1000
+}
+fn default_keep_generations() -> u32 {
+    2
+}
+fn default_compact_journal_bytes() -> u64 {
+    1 << 30
+}
 
 impl Config {
     /// A configuration with defaults for everything but the journal.
@@ -87,6 +117,11 @@ impl Config {
             shutdown_quiet_ms: default_shutdown_quiet_ms(),
             status_file: None,
             on_device_lost: DeviceLostPolicy::Halt,
+            keep_generations: default_keep_generations(),
+            compact_journal_bytes: default_compact_journal_bytes(),
+            compact_after_secs: 0,
+            mirror: None,
+            mirror_max_lag: default_mirror_max_lag(),
         }
     }
 
@@ -101,6 +136,12 @@ impl Config {
             bail!("`journal` is empty: name the directory on the backup device");
         }
         self.journal_options().validate()?;
+        if self.mirror.as_ref().is_some_and(|m| m.as_os_str().is_empty()) {
+            bail!("`mirror` is empty: name the database file to keep, or remove the line");
+        }
+        if self.keep_generations == 0 {
+            bail!("keep_generations must be at least 1 (the newest generation is the backup)");
+        }
         if self.shutdown_quiet_ms > 30_000 {
             bail!("shutdown_quiet_ms must be at most 30000 (lightningd stops waiting for plugins after 30 s)");
         }
@@ -120,6 +161,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         if c.journal.is_relative() {
             c.journal = base.join(&c.journal);
+        }
+        if let Some(m) = c.mirror.as_mut().filter(|m| m.is_relative()) {
+            *m = base.join(&*m);
         }
         if c.database.is_relative() {
             c.database = network_dir.join(&c.database);
@@ -161,6 +205,9 @@ mod tests {
         assert!(Config::parse("journal = \"/j\"\nsegment_bytes = 10\n").is_err());
         assert!(Config::parse("journal = 5\n").is_err());
         assert!(Config::parse("journal = \"\"\n").is_err());
+        assert!(Config::parse("journal = \"/j\"\nkeep_generations = 0\n").is_err());
+        let c = Config::parse("journal = \"/j\"\nkeep_generations = 3\ncompact_after_secs = 60\n").unwrap();
+        assert_eq!((c.keep_generations, c.compact_after_secs), (3, 60));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a journal holds, for `cln-replica status`: its generations, the
 //! data_versions and times each can restore, and their sizes.
 
-use crate::journal::format::{BaseKind, RecordKind};
+use crate::journal::format::RecordKind;
 use crate::journal::reader::Generation;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationSummary {
     pub generation: u64,
-    /// "snapshot" or "empty" (a node created with the plugin in place).
+    /// "snapshot", "empty" (a node created with the plugin in place) or
+    /// "compacted" (rolled up from the previous generation).
     pub base: &'static str,
     pub base_version: u32,
     pub created_unix_ms: u64,
@@ -30,20 +31,46 @@ pub struct GenerationSummary {
     pub error: Option<String>,
 }
 
+/// Data_versions between two generations that no generation can restore:
+/// lightningd committed them while the plugin was not running.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Gap {
+    /// The generation before the gap, and the one after it.
+    pub after_generation: u64,
+    pub before_generation: u64,
+    pub first_version: u32,
+    pub last_version: u32,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
     pub journal: PathBuf,
     pub generations: Vec<GenerationSummary>,
+    /// Versions missing between consecutive generations, oldest first.
+    pub gaps: Vec<Gap>,
+}
+
+/// The gaps between consecutive generations. A generation whose base is at
+/// most one past its predecessor's last version leaves none (a compacted
+/// generation starts at or just below it).
+pub fn gaps(generations: &[GenerationSummary]) -> Vec<Gap> {
+    generations
+        .windows(2)
+        .filter(|w| w[1].base_version > w[0].last_version.wrapping_add(1) && w[1].base_version > w[0].last_version)
+        .map(|w| Gap {
+            after_generation: w[0].generation,
+            before_generation: w[1].generation,
+            first_version: w[0].last_version + 1,
+            last_version: w[1].base_version - 1,
+        })
+        .collect()
 }
 
 pub fn summarize_generation(g: &Generation) -> GenerationSummary {
     let block = g.block_bytes();
     let mut s = GenerationSummary {
         generation: g.number,
-        base: match g.header.base_kind {
-            BaseKind::Snapshot => "snapshot",
-            BaseKind::Empty => "empty",
-        },
+        base: g.header.base_kind.name(),
         base_version: g.header.base_version,
         created_unix_ms: g.header.created_unix_ms,
         snapshot_bytes: g.header.snapshot_bytes,
@@ -82,5 +109,6 @@ pub fn inventory(journal: &Path) -> Result<Inventory> {
         let g = Generation::open(journal, n).with_context(|| format!("generation {n}"))?;
         generations.push(summarize_generation(&g));
     }
-    Ok(Inventory { journal: journal.to_path_buf(), generations })
+    let gaps = gaps(&generations);
+    Ok(Inventory { journal: journal.to_path_buf(), generations, gaps })
 }

@@ -8,16 +8,21 @@
 //! - [`device`]: the I/O trait everything durable goes through;
 //! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
 //!   way in and the way back out;
+//! - [`compact`], compaction (a new generation rolled up from the previous one)
+//!   and retention; [`mirror`], a bootable second database fed from the journal;
 //! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
 //! - [`panel`] (feature `panel`): the appliance's status LEDs and safe-shutdown button;
 //! - [`cli`]: the command line, one file per subcommand.
 
 pub mod cli;
+pub mod compact;
 pub mod config;
+pub mod crashpoint;
 pub mod dbcompare;
 pub mod device;
 pub mod inventory;
 pub mod journal;
+pub mod mirror;
 #[cfg(feature = "panel")]
 pub mod panel;
 pub mod plugin;

@@ -41,22 +41,90 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
-/// Picks the generation to restore from for `at` (the newest when `None`).
-pub fn pick_generation(generations: &[Generation], at: Option<u32>) -> Result<&Generation> {
+/// Picks the generation to restore from: for `at`, the newest whose base is
+/// at or before it; for `before_unix_ms`, the newest created at or before that
+/// time (its records are then replayed up to the time). With neither, the
+/// newest. Older generations are kept by retention (`keep_generations`), so
+/// both reach back across generations.
+pub fn pick_generation(
+    generations: &[Generation],
+    at: Option<u32>,
+    before_unix_ms: Option<u64>,
+) -> Result<&Generation> {
     let Some(newest) = generations.last() else {
         bail!("the journal holds no generation: nothing to restore (has the plugin run with this journal?)");
     };
-    let Some(at) = at else { return Ok(newest) };
-    generations.iter().rev().find(|g| g.header.base_version <= at).ok_or_else(|| {
-        anyhow::anyhow!(
-            "data_version {at} is older than the oldest generation's snapshot (data_version {}): it is not restorable",
-            generations[0].header.base_version
-        )
+    let fits = |g: &&Generation| {
+        at.is_none_or(|v| g.header.base_version <= v) && before_unix_ms.is_none_or(|t| g.header.created_unix_ms <= t)
+    };
+    if at.is_none() && before_unix_ms.is_none() {
+        return Ok(newest);
+    }
+    generations.iter().rev().find(fits).ok_or_else(|| {
+        let oldest = &generations[0];
+        match (at, before_unix_ms) {
+            (Some(at), _) if oldest.header.base_version > at => anyhow::anyhow!(
+                "data_version {at} is older than the oldest generation's snapshot (data_version {}): it is not \
+                 restorable (raise keep_generations to keep more history)",
+                oldest.header.base_version
+            ),
+            (_, Some(t)) => anyhow::anyhow!(
+                "{} is before the oldest generation kept was created ({}, data_version {}): it is not restorable \
+                 (raise keep_generations to keep more history)",
+                crate::cli::time::format_unix_ms(t),
+                crate::cli::time::format_unix_ms(oldest.header.created_unix_ms),
+                oldest.header.base_version
+            ),
+            _ => anyhow::anyhow!("no generation covers the requested point"),
+        }
     })
 }
 
+/// How far a replay has got, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayProgress {
+    pub records: u64,
+    /// Bytes of the generation's records read so far, and in all.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Bytes of records in a generation's segments (the last segment up to its
+/// first zero block, found by bisection: records are contiguous), and each
+/// segment's starting position in that count.
+pub fn generation_extent(g: &Generation) -> (u64, Vec<u64>) {
+    use std::os::unix::fs::FileExt;
+    let block = g.block_bytes() as u64;
+    let mut starts = Vec::with_capacity(g.segments.len());
+    let mut total = 0;
+    for (i, s) in g.segments.iter().enumerate() {
+        starts.push(total);
+        if i + 1 < g.segments.len() {
+            total += s.file_bytes;
+            continue;
+        }
+        let zero_at = |b: u64| -> bool {
+            let mut h = [0u8; 48];
+            std::fs::File::open(&s.path)
+                .and_then(|f| f.read_exact_at(&mut h, b * block))
+                .map_or(true, |()| h == [0; 48])
+        };
+        let (mut lo, mut hi) = (1, s.file_bytes / block);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if zero_at(mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        total += lo * block;
+    }
+    (total, starts)
+}
+
 /// Restores with `progress` called after each applied record.
-pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(u64)) -> Result<RestoreReport> {
+pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress)) -> Result<RestoreReport> {
     let started = Instant::now();
     if opts.to.exists() && !opts.force {
         bail!("{} exists; restore will not overwrite it without --force", opts.to.display());
@@ -66,16 +134,18 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(u64)) -> Result<R
     }
     let generations =
         reader::generations(&opts.from).with_context(|| format!("cannot read the journal {}", opts.from.display()))?;
-    let generation = pick_generation(&generations, opts.at)?;
+    let generation = pick_generation(&generations, opts.at, opts.before_unix_ms)?;
     let tmp = temporary_path(&opts.to);
     replay::remove_if_exists(&tmp);
     let result = (|| -> Result<RestoreReport> {
         replay::copy_snapshot(generation, &tmp)?;
         let conn = replay::open_for_replay(&tmp)?;
+        let (total_bytes, starts) = generation_extent(generation);
         let mut n = 0;
-        let outcome = replay::replay_generation(&conn, generation, opts.at, opts.before_unix_ms, |_| {
+        let outcome = replay::replay_generation(&conn, generation, opts.at, opts.before_unix_ms, |r| {
             n += 1;
-            progress(n);
+            let done_bytes = starts.get(r.loc.segment as usize - 1).copied().unwrap_or(0) + r.loc.offset;
+            progress(&ReplayProgress { records: n, done_bytes, total_bytes });
         })?;
         if let Some(at) = opts.at {
             if outcome.data_version != at {

@@ -256,6 +256,22 @@ impl<T> Resolver<T> {
         Ok(())
     }
 
+    /// The transaction held back so far (always the last record pushed, if
+    /// it is a transaction): acknowledged, not yet known committed.
+    pub fn pending(&self) -> Option<&(u32, T)> {
+        self.pending.as_ref()
+    }
+
+    /// The data_version of everything emitted so far: the tip, or the
+    /// version before a pending transaction.
+    pub fn confirmed_version(&self) -> Option<u32> {
+        match self.tip {
+            Tip::Empty => None,
+            Tip::At { version, pending_txn: true } => Some(version.wrapping_sub(1)),
+            Tip::At { version, pending_txn: false } => Some(version),
+        }
+    }
+
     /// The last transaction, which nothing after it confirms or cancels:
     /// acknowledged to lightningd, possibly never committed by it.
     pub fn finish(self) -> Option<(u32, T)> {

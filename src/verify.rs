@@ -139,9 +139,24 @@ pub fn verify(from: &Path, replay_newest: bool) -> Result<VerifyReport> {
     for g in &generations {
         let check = check_generation(g, &mut report.problems);
         if let Some(prev) = &previous {
-            // A newer generation starts at or after what the previous one
-            // confirmed; its base may be one below an unconfirmed last change.
-            if (check.base_version as i64) < prev.last_version as i64 - 1 {
+            if g.header.base_kind == crate::journal::format::BaseKind::Compacted {
+                // A compacted generation rolls up its predecessor: its base is
+                // a version the predecessor went through, and the records it
+                // carries continue from there.
+                if check.base_version < prev.base_version || check.base_version > prev.last_version {
+                    report.problems.push(problem(
+                        Some(g.number),
+                        Some(check.base_version),
+                        None,
+                        format!(
+                            "generation {} is compacted at data_version {}, outside generation {}'s data_versions {}..={}",
+                            g.number, check.base_version, prev.generation, prev.base_version, prev.last_version
+                        ),
+                    ));
+                }
+            } else if (check.base_version as i64) < prev.last_version as i64 - 1 {
+                // A newer generation starts at or after what the previous one
+                // confirmed; its base may be one below an unconfirmed last change.
                 report.problems.push(problem(
                     Some(g.number),
                     Some(check.base_version),

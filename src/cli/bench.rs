@@ -28,6 +28,11 @@ pub struct Args {
     /// Hooks to measure (and as many floor writes of the same sizes)
     #[arg(long, default_value_t = 2000)]
     hooks: usize,
+    /// Instead: hook latency during a background compaction of a database of
+    /// at least this many MiB (built through the plugin first, so the journal
+    /// holds it all as records), against the latency without one
+    #[arg(long, value_name = "MIB")]
+    compaction_mib: Option<u64>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -68,6 +73,9 @@ fn floor_round(path: &Path, sizes: &[usize], out: &mut Vec<u64>) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(mib) = a.compaction_mib {
+        return run_compaction(&a, mib);
+    }
     let work =
         tempfile::Builder::new().prefix("cln-replica-bench").tempdir_in(&a.dir).context("cannot work in --dir")?;
     let node_dir = work.path().join("node");
@@ -150,6 +158,121 @@ pub fn run(a: Args) -> Result<ExitCode> {
             hook.p50_us, hook.p99_us, hook.max_us
         );
         println!("  hook p50 / floor p50 = {ratio:.2} (inside the plugin, from message read to answer written: p50 {internal_p50} us)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn apply_ok(node: &mut SimNode, change: &crate::sim::Change) -> Result<()> {
+    match node.apply(change)? {
+        HookOutcome::Continue => Ok(()),
+        other => bail!("the plugin answered {other:?}: {}", node.logs().join("\n")),
+    }
+}
+
+/// `bench --compaction-mib N`: a database of about N MiB is built through the
+/// plugin (so the journal's current generation holds it all as records); then
+/// hooks of the ordinary workload are timed, first with no compaction, then
+/// while `replica-compact` rebuilds the N MiB snapshot in the background, up
+/// to and including the hook that switches generations.
+fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
+    use crate::sim::workload::Workload;
+    let work =
+        tempfile::Builder::new().prefix("cln-replica-bench").tempdir_in(&a.dir).context("cannot work in --dir")?;
+    let node_dir = work.path().join("node");
+    let journal = work.path().join("journal");
+    std::fs::create_dir_all(&node_dir)?;
+    let mut cfg = super::demo::write_config(&node_dir, &journal)?;
+    cfg.compact_journal_bytes = 0;
+    cfg.keep_generations = 1;
+    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml())?;
+    let exe = std::env::current_exe()?;
+    let mut node = SimNode::open(&node_dir)?;
+    node.start_plugin(&exe, &[])?;
+    for c in Workload::schema() {
+        apply_ok(&mut node, &c)?;
+    }
+    node.init_plugin()?;
+    let mut w = Workload::new(1);
+    let built = Instant::now();
+    // Blobs are hex in SQL: a change of CHUNK bytes adds about CHUNK / 2.
+    const CHUNK: usize = 4 << 20;
+    let db_path = crate::sim::node::database_path(&node_dir);
+    while std::fs::metadata(&db_path)?.len() < mib << 20 {
+        let c = w.big_change(CHUNK);
+        apply_ok(&mut node, &c)?;
+    }
+    for _ in 0..200 {
+        let c = w.next_change();
+        apply_ok(&mut node, &c)?;
+    }
+    let db_bytes = std::fs::metadata(&db_path)?.len();
+    let build_s = built.elapsed().as_secs_f64();
+
+    let timed = |node: &mut SimNode, w: &mut Workload, n: usize| -> Result<Vec<u64>> {
+        let from = node.hook_latencies_us.len();
+        for _ in 0..n {
+            let c = w.next_change();
+            apply_ok(node, &c)?;
+        }
+        Ok(node.hook_latencies_us[from..].to_vec())
+    };
+    let baseline = timed(&mut node, &mut w, a.hooks)?;
+    let started = Instant::now();
+    let answer = node.request("replica-compact", serde_json::json!({}))?.unwrap_or_default();
+    if answer["result"]["started"] != true {
+        bail!("replica-compact: {answer}");
+    }
+    let mut during = vec![];
+    let compaction = |node: &mut SimNode| -> Result<serde_json::Value> {
+        let st = node.request("replica-status", serde_json::json!({}))?.unwrap_or_default();
+        Ok(st["result"]["compaction"].clone())
+    };
+    let switch_us = loop {
+        during.extend(timed(&mut node, &mut w, 20)?);
+        let c = compaction(&mut node)?;
+        if c["compactions"].as_u64().unwrap_or(0) >= 1 {
+            break c["last_switch_us"].as_u64().unwrap_or(0);
+        }
+        if started.elapsed().as_secs() > 3600 {
+            bail!("the compaction did not finish within an hour");
+        }
+    };
+    let compaction_s = started.elapsed().as_secs_f64();
+    let after = timed(&mut node, &mut w, a.hooks.min(500))?;
+    node.shutdown_plugin()?;
+    let (baseline, during_f, after) = (figures(baseline), figures(during.clone()), figures(after));
+    let ratio = during_f.p99_us as f64 / baseline.p99_us.max(1) as f64;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"dir": a.dir, "database_bytes": db_bytes, "build_seconds": build_s,
+                "compaction_seconds": compaction_s, "hooks_during": during.len(), "switch_us": switch_us,
+                "without_compaction": baseline, "during_compaction": during_f, "after_compaction": after,
+                "p99_ratio": ratio})
+        );
+    } else {
+        println!(
+            "cln-replica bench --compaction-mib {mib}: database {} (built in {build_s:.1} s) in {}",
+            super::bytes(db_bytes),
+            a.dir.display()
+        );
+        println!(
+            "  hooks without compaction ({:>5}):  p50 {:>6} us  p99 {:>6} us  max {:>7} us",
+            a.hooks, baseline.p50_us, baseline.p99_us, baseline.max_us
+        );
+        println!(
+            "  hooks during compaction  ({:>5}):  p50 {:>6} us  p99 {:>6} us  max {:>7} us  ({compaction_s:.1} s, switch included)",
+            during.len(),
+            during_f.p50_us,
+            during_f.p99_us,
+            during_f.max_us
+        );
+        println!(
+            "  hooks after compaction:           p50 {:>6} us  p99 {:>6} us  max {:>7} us",
+            after.p50_us, after.p99_us, after.max_us
+        );
+        println!("  the switch to the new generation took {switch_us} us inside the hook that made it");
+        println!("  p99 during / p99 without = {ratio:.2}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,12 @@
 //! The command line: a thin shell over the library, one file per subcommand.
 
 mod bench;
+mod compact;
 mod demo;
 mod init;
 #[cfg(feature = "panel")]
 mod panel;
+pub mod progress;
 mod restore;
 mod status;
 pub mod time;
@@ -33,6 +35,7 @@ enum Command {
     Restore(restore::Args),
     Verify(verify::Args),
     Status(status::Args),
+    Compact(compact::Args),
     Demo(demo::Args),
     Bench(bench::Args),
     #[cfg(feature = "panel")]
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
+        Command::Compact(a) => compact::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         #[cfg(feature = "panel")]

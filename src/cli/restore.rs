@@ -22,6 +22,10 @@ pub struct Args {
     /// Only changes written at or before this UTC time (YYYY-MM-DDTHH:MM:SSZ or @UNIX_SECONDS)
     #[arg(long, value_name = "TIME")]
     before: Option<String>,
+    /// Start from this mirror file (`mirror` in cln-replica.toml) and bring it
+    /// to the newest journal version: a few changes to replay, not a generation
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["at", "before"])]
+    from_mirror: Option<PathBuf>,
     /// Overwrite --to if it exists
     #[arg(long)]
     force: bool,
@@ -31,9 +35,34 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(mirror) = &a.from_mirror {
+        let r = crate::mirror::restore_from_mirror(&a.from, mirror, &a.to, a.force)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "restored {} at data_version {} from the mirror {} (at data_version {}){}",
+                r.to.display(),
+                r.data_version,
+                mirror.display(),
+                r.mirror_data_version.map_or("none".into(), |v| v.to_string()),
+                if r.rebuilt { ", rebuilt from the journal's newest snapshot" } else { "" }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let before_unix_ms = a.before.as_deref().map(super::time::parse_to_unix_ms).transpose()?;
     let opts = RestoreOptions { from: a.from, to: a.to, at: a.at, before_unix_ms, force: a.force };
-    let report = restore(&opts, |_| {})?;
+    let mut bar = super::progress::Bar::new("restore", 0);
+    let mut last = 0;
+    let report = restore(&opts, |p| {
+        if last == 0 {
+            bar = super::progress::Bar::new("restore", p.total_bytes);
+        }
+        last = p.records;
+        bar.update(p.records, p.done_bytes);
+    })?;
+    bar.finish(last);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -54,30 +54,52 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if inv.generations.is_empty() {
         println!("  no generation yet: the plugin takes the first snapshot at its first database write");
     }
-    for g in &inv.generations {
+    let fmt = super::time::format_unix_ms;
+    for (i, g) in inv.generations.iter().enumerate() {
+        let origin = match (g.base, i.checked_sub(1).map(|p| &inv.generations[p])) {
+            ("compacted", Some(p)) => format!(", compacted from generation {}", p.generation),
+            ("compacted", None) => ", compacted (older generations removed by retention)".into(),
+            _ => String::new(),
+        };
         println!(
-            "  generation {}: {} at data_version {} ({}), changes up to data_version {}, {} records, last write {}{}",
+            "  generation {}: {} at data_version {} ({}){origin}, changes up to data_version {}, {} records, last write {}{}",
             g.generation,
             g.base,
             g.base_version,
             super::bytes(g.snapshot_bytes),
             g.last_version,
             g.records,
-            super::time::format_unix_ms(g.last_write_unix_ms),
+            fmt(g.last_write_unix_ms),
             if g.sealed { ", sealed (clean stop)" } else { "" }
         );
         println!(
             "    restorable: data_versions {}..={}, times {} .. {}; {} on disk ({} of records)",
             g.base_version,
             g.last_version,
-            super::time::format_unix_ms(g.created_unix_ms),
-            super::time::format_unix_ms(g.last_write_unix_ms),
+            fmt(g.created_unix_ms),
+            fmt(g.last_write_unix_ms),
             super::bytes(g.disk_bytes),
             super::bytes(g.record_bytes)
         );
         if let Some(e) = &g.error {
             println!("    PROBLEM: {e} (run `cln-replica verify`)");
         }
+        if let Some(gap) = inv.gaps.iter().find(|x| x.after_generation == g.generation) {
+            println!(
+                "  GAP: data_versions {}..={} are not restorable: lightningd committed them without the plugin",
+                gap.first_version, gap.last_version
+            );
+        }
+    }
+    if let (Some(first), Some(last)) = (inv.generations.first(), inv.generations.last()) {
+        println!(
+            "restorable overall: data_versions {}..={}{}; times from {} (`restore --before`) to the newest state at {}",
+            first.base_version,
+            last.last_version,
+            if inv.gaps.is_empty() { String::new() } else { format!(" except {} gap(s) above", inv.gaps.len()) },
+            fmt(first.created_unix_ms),
+            fmt(last.last_write_unix_ms)
+        );
     }
     if let Some(s) = live {
         println!(

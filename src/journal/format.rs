@@ -56,6 +56,20 @@ pub enum BaseKind {
     /// No database yet (a brand-new node): the snapshot file is empty and the
     /// first record creates the schema. `base_version` is 0.
     Empty = 2,
+    /// Built by compaction from the previous generation's snapshot plus its
+    /// records (never from lightningd's live file): the same history, rolled
+    /// up at `base_version`. The generation continues the previous one.
+    Compacted = 3,
+}
+
+impl BaseKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BaseKind::Snapshot => "snapshot",
+            BaseKind::Empty => "empty",
+            BaseKind::Compacted => "compacted",
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -152,6 +166,7 @@ impl SegmentHeader {
         let base_kind = match le_u32(b, 28) {
             1 => BaseKind::Snapshot,
             2 => BaseKind::Empty,
+            3 => BaseKind::Compacted,
             _ => return Err(FormatError::Field("base_kind")),
         };
         let h = SegmentHeader {

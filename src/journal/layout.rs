@@ -29,6 +29,17 @@ pub fn generation_tmp_dir(journal: &Path, generation: u64) -> PathBuf {
     journal.join(format!("{GEN_PREFIX}{generation:010}{TMP_SUFFIX}"))
 }
 
+/// Where compaction builds the next generation before it is adopted.
+pub fn generation_compact_dir(journal: &Path, generation: u64) -> PathBuf {
+    journal.join(format!("{GEN_PREFIX}{generation:010}.compact{TMP_SUFFIX}"))
+}
+
+/// A generation being removed by retention: renamed first, so that no reader
+/// ever sees a half-removed generation.
+pub fn generation_retired_dir(journal: &Path, generation: u64) -> PathBuf {
+    journal.join(format!("{GEN_PREFIX}{generation:010}.retired{TMP_SUFFIX}"))
+}
+
 pub fn segment_path(gen_dir: &Path, segment: u32) -> PathBuf {
     gen_dir.join(format!("{SEGMENT_PREFIX}{segment:08}"))
 }

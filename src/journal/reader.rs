@@ -136,6 +136,23 @@ impl Generation {
         RecordScanner::new(self, 0, Some(1))
     }
 
+    /// Scans from `next` (a record boundary, e.g. a [`TailEnd::next`] or the
+    /// end of a record already read), expecting sequence number `next_seq`
+    /// there: a follower resuming where it stopped. `next.segment` must be
+    /// one of this generation's segments.
+    pub fn records_after(&self, next: RecordLoc, next_seq: u64) -> Result<RecordScanner<'_>, JournalError> {
+        let Some(i) = self.segments.iter().position(|s| s.index == next.segment) else {
+            return Err(JournalError::Layout {
+                path: self.dir.clone(),
+                detail: format!("segment {} does not exist (yet)", next.segment),
+            });
+        };
+        let mut scanner = RecordScanner::new(self, i, Some(next_seq));
+        scanner.offset = next.offset;
+        scanner.next = next;
+        Ok(scanner)
+    }
+
     /// Scans from the last segment whose first record is intact, trusting its
     /// sequence number: what the writer needs to find the tip without reading
     /// the whole generation.
@@ -187,6 +204,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Where the record after this one starts.
+    pub fn end(&self, block_bytes: u32) -> RecordLoc {
+        RecordLoc { offset: self.loc.offset + self.header.disk_bytes(block_bytes), ..self.loc }
+    }
+
     /// The statements of a change (none for a seal).
     pub fn statements(&self) -> Result<Vec<&str>, JournalError> {
         if self.header.kind == RecordKind::Seal {

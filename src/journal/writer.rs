@@ -430,7 +430,18 @@ impl Journal {
         Ok(())
     }
 
-    fn write_record<S: AsRef<str>>(&mut self, mut header: RecordHeader, statements: &[S]) -> Result<Appended> {
+    fn write_record<S: AsRef<str>>(&mut self, header: RecordHeader, statements: &[S]) -> Result<Appended> {
+        self.write_record_then(header, statements, true)
+    }
+
+    /// Writes a record; flushes it unless `flush` is false (the caller then
+    /// flushes the segment before anything depends on the record).
+    fn write_record_then<S: AsRef<str>>(
+        &mut self,
+        mut header: RecordHeader,
+        statements: &[S],
+        flush: bool,
+    ) -> Result<Appended> {
         self.check_usable()?;
         let a = self.active.as_ref().ok_or_else(|| anyhow!("no generation to append to"))?;
         header.seq = a.next_seq;
@@ -456,7 +467,10 @@ impl Journal {
             a.segment,
             self.durable_end
         );
-        let write = a.file.write_all_at(&self.buf[..len], offset).and_then(|()| a.file.sync_data());
+        let write =
+            a.file
+                .write_all_at(&self.buf[..len], offset)
+                .and_then(|()| if flush { a.file.sync_data() } else { Ok(()) });
         if let Err(e) = write {
             let seg = a.segment;
             let ctx = format!(
@@ -605,6 +619,189 @@ impl Journal {
         self.request_next_segment();
         Ok(number)
     }
+
+    /// The number the next generation will have.
+    pub fn next_generation_number(&self) -> u64 {
+        self.last_generation + 1
+    }
+
+    /// When the current generation was created (0 if none).
+    pub fn generation_created_unix_ms(&self) -> u64 {
+        self.active.as_ref().map_or(0, |a| a.base.created_unix_ms)
+    }
+
+    /// Sequence number of the last record of the current generation (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.active.as_ref().map_or(0, |a| a.next_seq - 1)
+    }
+
+    /// Whether the last record written is a seal.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Makes a generation built by compaction the current one: writes
+    /// `carried` (the records of the current generation after the point the
+    /// compacted snapshot reached: the pending, acknowledged-but-unconfirmed
+    /// transaction and whatever came after it) into its segment 1 with their
+    /// original times, flushes them, and only then renames it into place.
+    /// Until that rename the current generation is untouched, and after it
+    /// the new one holds every acknowledged record: a crash at any step loses
+    /// nothing.
+    ///
+    /// Errors before any write leave the journal as it was (the caller drops
+    /// the prepared generation); an I/O failure after that poisons it.
+    pub fn adopt_generation(&mut self, prepared: &PreparedGeneration, carried: &[super::Record]) -> Result<u64> {
+        self.check_usable()?;
+        let h = &prepared.header;
+        let number = self.last_generation + 1;
+        if h.generation != number || h.segment != 1 || h.base_kind != BaseKind::Compacted {
+            bail!("prepared generation {} is not the next one ({number})", h.generation);
+        }
+        // The carried records must continue the compacted base exactly as they
+        // continued the current generation: same decisions, same tip.
+        let mut tip = Tip::At { version: h.base_version, pending_txn: false };
+        let mut bytes = h.block_bytes as u64;
+        for r in carried {
+            if r.header.kind != RecordKind::Change {
+                bail!("only change records are carried into a new generation");
+            }
+            let kind = r.call_kind();
+            match crate::state::decide(tip, r.header.data_version, kind) {
+                crate::state::Decision::Append | crate::state::Decision::Supersede | crate::state::Decision::Abort => {}
+                other => bail!("carried record {} cannot follow {tip:?}: {other:?}", r.header.data_version),
+            }
+            tip = tip_after(r.header.data_version, kind);
+            bytes += r.header.disk_bytes(h.block_bytes);
+        }
+        if tip != self.tip {
+            bail!("the compacted generation would end at {tip:?}, the journal is at {:?}", self.tip);
+        }
+        if bytes > h.segment_bytes {
+            bail!(
+                "the records to carry ({bytes} bytes) do not fit in the prepared segment ({} bytes)",
+                h.segment_bytes
+            );
+        }
+        let final_dir = layout::generation_dir(&self.dir, number);
+        let seg_path = layout::segment_path(&prepared.dir, 1);
+        let file = match self.device.open_rw(&seg_path, self.opts.direct_io) {
+            Ok(f) => f,
+            Err(e) => return Err(self.poison(direct_io_context(e, &seg_path, self.opts.direct_io))),
+        };
+        let previous = self.active.replace(Active {
+            generation: number,
+            dir: final_dir.clone(),
+            base: h.clone(),
+            segment: 1,
+            segment_bytes: h.segment_bytes,
+            file,
+            offset: h.block_bytes as u64,
+            next_seq: 1,
+        });
+        let mut written = h.block_bytes as u64;
+        // One flush for all of them (they share segment 1: checked above).
+        for (i, r) in carried.iter().enumerate() {
+            let statements = match r.statements() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.active = previous;
+                    return Err(anyhow::Error::new(e).context("a record to carry is unreadable"));
+                }
+            };
+            let header = RecordHeader { seq: 0, generation: 0, ..r.header };
+            let appended = self.write_record_then(header, &statements, i + 1 == carried.len())?;
+            written += appended.disk_bytes;
+        }
+        crate::crashpoint::crash_point("compact-records-carried");
+        // The prepared directory's entries were flushed when it was finalized.
+        let r = (|| -> Result<()> {
+            self.device.rename(&prepared.dir, &final_dir)?;
+            self.device.sync_dir(&self.dir)?;
+            Ok(())
+        })()
+        .with_context(|| format!("cannot move generation {number} into place in {}", self.dir.display()));
+        r.map_err(|e| self.poison(e))?;
+        crate::crashpoint::crash_point("compact-renamed");
+        // Invariant: the new generation ends where the old one did.
+        assert_eq!(tip, self.tip, "a compacted generation continues the journal's tip");
+        self.last_generation = number;
+        self.sealed = false;
+        let seq = carried.len() as u64;
+        let last_write = carried.last().map_or(h.created_unix_ms, |r| r.header.time_unix_ms);
+        self.progress.publish(|p| {
+            p.generation = number;
+            p.seq = seq;
+            p.tip = tip;
+            p.journal_bytes = written;
+            p.last_write_unix_ms = last_write;
+            p.sealed = false;
+        });
+        self.request_next_segment();
+        Ok(number)
+    }
+}
+
+/// A generation built off the hook's path (by compaction) in
+/// `gen-N.compact.tmp/`: its snapshot flushed, its segment 1 full-size,
+/// zero-filled, with its header written and flushed. Invisible to readers
+/// until [`Journal::adopt_generation`] renames it into place.
+#[derive(Debug, Clone)]
+pub struct PreparedGeneration {
+    pub dir: PathBuf,
+    pub header: SegmentHeader,
+}
+
+/// Creates a segment file of `bytes` bytes, all zeros, flushed: space for a
+/// generation built in the background. Its header is written later
+/// ([`write_segment_header`]), once the snapshot it describes is final.
+pub fn create_zeroed_segment(device: &dyn Device, path: &Path, bytes: u64, block: u32, direct: bool) -> Result<()> {
+    assert!(bytes.is_multiple_of(block as u64), "segment size is whole blocks");
+    let mut f = device.create(path, direct).map_err(|e| direct_io_context(e, path, direct))?;
+    let mut buf = AlignedBuf::with_capacity(ZERO_CHUNK_BYTES.max(block as usize));
+    let mut offset = 0;
+    while offset < bytes {
+        let n = (bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        buf.reset_zeroed(n);
+        f.write_all_at(&buf, offset).map_err(|e| direct_io_context(e, path, direct))?;
+        offset += n as u64;
+    }
+    f.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes (or rewrites) block 0 of a segment created by
+/// [`create_zeroed_segment`], and flushes it.
+pub fn write_segment_header(device: &dyn Device, path: &Path, header: &SegmentHeader, direct: bool) -> Result<()> {
+    let mut f = device.open_rw(path, direct).map_err(|e| direct_io_context(e, path, direct))?;
+    let mut buf = AlignedBuf::with_capacity(header.block_bytes as usize);
+    buf.reset_zeroed(header.block_bytes as usize);
+    buf[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+    f.write_all_at(&buf, 0).map_err(|e| direct_io_context(e, path, direct))?;
+    f.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
+    Ok(())
+}
+
+/// Retention: removes every generation but the newest `keep`. Each one is
+/// first renamed to `gen-N.retired.tmp` (readers ignore it, the writer's next
+/// open finishes removing it) and the rename flushed, so a crash never leaves
+/// a half-removed generation under its real name. Returns the removed numbers.
+pub fn retire_generations(device: &dyn Device, journal: &Path, keep: usize) -> Result<Vec<u64>> {
+    assert!(keep >= 1, "retention never removes the newest generation");
+    let numbers = layout::list_generations(journal)?;
+    let old = &numbers[..numbers.len().saturating_sub(keep)];
+    for &g in old {
+        let dir = layout::generation_dir(journal, g);
+        let retired = layout::generation_retired_dir(journal, g);
+        device.rename(&dir, &retired).with_context(|| format!("cannot rename {}", dir.display()))?;
+        device.sync_dir(journal).with_context(|| format!("cannot flush {}", journal.display()))?;
+        crate::crashpoint::crash_point("retention-renamed");
+        device.remove_dir_all(&retired).with_context(|| format!("cannot remove {}", retired.display()))?;
+    }
+    if !old.is_empty() {
+        device.sync_dir(journal).with_context(|| format!("cannot flush {}", journal.display()))?;
+    }
+    Ok(old.to_vec())
 }
 
 impl Drop for Journal {

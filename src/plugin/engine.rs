@@ -8,6 +8,7 @@
 //! thread from [`crate::journal::Progress`].
 
 use super::protocol::{DbWrite, Output};
+use crate::compact::{self, CompactionStatus, Compactor};
 use crate::config::{self, Config, DeviceLostPolicy};
 use crate::device::Device;
 use crate::journal::Journal;
@@ -17,7 +18,7 @@ use crate::status::{LatencyRing, PluginState, StatusBoard};
 use anyhow::{Context, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The answer to one `db_write`.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +58,12 @@ pub struct Engine {
     degraded: Option<String>,
     pub latencies: LatencyRing,
     pub status: Arc<StatusBoard>,
+    /// Background compaction (steps 1-3 of [`crate::compact`]); the hook
+    /// thread adopts its result at the start of a hook.
+    compactor: Option<Compactor>,
+    pub compaction: Arc<Mutex<CompactionStatus>>,
+    /// The mirror's follower thread, if `mirror` is configured.
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 impl Engine {
@@ -71,6 +78,9 @@ impl Engine {
             degraded: None,
             latencies: LatencyRing::default(),
             status: Arc::new(StatusBoard::default()),
+            compactor: None,
+            compaction: Arc::new(Mutex::new(CompactionStatus { state: "idle".into(), ..Default::default() })),
+            mirror: None,
         }
     }
 
@@ -135,6 +145,17 @@ impl Engine {
                 describe_tip(journal.tip(), journal.generation())
             ),
         );
+        self.compactor = Some(Compactor::new(
+            config.journal.clone(),
+            self.device.clone(),
+            config.journal_options(),
+            journal.progress(),
+        ));
+        if let Some(path) = &config.mirror {
+            let m = crate::mirror::Mirror::spawn(config.journal.clone(), path.clone(), journal.progress())
+                .context("cannot start the mirror's thread")?;
+            self.mirror = Some(m);
+        }
         self.config = Some(config);
         self.journal = Some(journal);
         Ok(())
@@ -161,6 +182,121 @@ impl Engine {
         );
         self.status.set_degraded(why.clone());
         self.degraded = Some(why);
+    }
+
+    pub fn mirror_status(&self) -> Option<crate::mirror::MirrorStatus> {
+        self.mirror.as_ref().map(|m| m.status())
+    }
+
+    /// Starts a background compaction (the `replica-compact` method, or a
+    /// threshold). Errors say why not.
+    pub fn request_compaction(&mut self) -> Result<u64, String> {
+        self.ensure_ready()?;
+        let generation = self.journal.as_ref().map_or(0, |j| j.generation());
+        if generation == 0 {
+            return Err("the journal holds no generation yet: nothing to compact".into());
+        }
+        let compactor = self.compactor.as_ref().expect("opened with the journal");
+        compactor.request(&self.compaction)?;
+        self.out.log("info", &format!("compaction of generation {generation} started in the background"));
+        Ok(generation)
+    }
+
+    /// Switches to a compacted generation if the compactor has one ready:
+    /// copies the few records written since it was finalized, renames it into
+    /// place (steps 4-5 of [`crate::compact`]). Only an I/O failure of the
+    /// journal is an error; anything else drops the compacted generation.
+    fn adopt_compacted(&mut self) -> Result<()> {
+        let Some(h) = self.compactor.as_ref().and_then(|c| c.take_ready()) else { return Ok(()) };
+        let started = std::time::Instant::now();
+        let journal = self.journal.as_mut().expect("journal opened");
+        let dir = journal.dir().to_path_buf();
+        let outcome = if journal.generation() != h.old_generation {
+            Err(anyhow::anyhow!("generation {} is no longer the current one", h.old_generation))
+        } else {
+            compact::carried_records(&dir, &h, Some(journal.last_seq()))
+                .and_then(|carried| journal.adopt_generation(&h.prepared, &carried).map(|g| (g, carried.len())))
+        };
+        let mut st = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        st.state = "idle".into();
+        match outcome {
+            Ok((g, carried)) => {
+                st.compactions += 1;
+                st.last_switch_us = Some(started.elapsed().as_micros() as u64);
+                let msg = format!(
+                    "generation {g} compacted from generation {} at data_version {} ({} carried record(s))",
+                    h.old_generation, h.prepared.header.base_version, carried
+                );
+                st.last_result = Some(msg.clone());
+                drop(st);
+                self.out.log("info", &msg);
+                self.retire_in_background();
+                Ok(())
+            }
+            Err(e) => {
+                compact::discard(self.device.as_ref(), &h.prepared);
+                st.last_result = Some(format!("not adopted: {e:#}"));
+                st.last_failed_unix_ms = Some(crate::journal::writer::now_unix_ms());
+                drop(st);
+                if journal.poisoned().is_some() {
+                    return Err(e);
+                }
+                self.out.log("warn", &format!("compacted generation dropped: {e:#}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// Retention, after a new generation became durable: off the hook's path.
+    fn retire_in_background(&self) {
+        let Some(config) = self.config.as_ref() else { return };
+        let (device, dir, keep, out) =
+            (self.device.clone(), config.journal.clone(), config.keep_generations as usize, self.out.clone());
+        let generation = self.journal.as_ref().map_or(0, |j| j.generation());
+        let mirror_moved = self.mirror.as_ref().map(|m| m.watcher());
+        let spawned = std::thread::Builder::new().name("retention".into()).spawn(move || {
+            // The mirror finishes the generation it is on before moving to
+            // the new one: keep it until then (bounded).
+            if let Some(moved) = mirror_moved {
+                if !moved(generation, std::time::Duration::from_secs(60)) {
+                    out.log("warn", "retention: the mirror has not moved to the new generation; removing anyway");
+                }
+            }
+            match crate::journal::writer::retire_generations(device.as_ref(), &dir, keep) {
+                Ok(removed) if !removed.is_empty() => {
+                    out.log("info", &format!("retention: removed generation(s) {removed:?} (keeping {keep})"))
+                }
+                Ok(_) => {}
+                Err(e) => out.log("warn", &format!("retention failed: {e:#}")),
+            }
+        });
+        if let Err(e) = spawned {
+            self.out.log("warn", &format!("cannot start retention: {e}"));
+        }
+    }
+
+    /// Size and age thresholds: checked after each append (two loads).
+    fn maybe_compact(&mut self) {
+        let (Some(config), Some(journal), Some(compactor)) = (&self.config, &self.journal, &self.compactor) else {
+            return;
+        };
+        let p = journal.progress().get();
+        let by_size = config.compact_journal_bytes > 0 && p.journal_bytes >= config.compact_journal_bytes;
+        let now = crate::journal::writer::now_unix_ms();
+        let by_age = config.compact_after_secs > 0
+            && p.seq > 0
+            && now.saturating_sub(journal.generation_created_unix_ms()) >= config.compact_after_secs * 1000;
+        if !(by_size || by_age) || compactor.busy() {
+            return;
+        }
+        // After a failure, wait a minute before trying again on our own.
+        let failed = self.compaction.lock().unwrap_or_else(|e| e.into_inner()).last_failed_unix_ms;
+        if failed.is_some_and(|t| now.saturating_sub(t) < 60_000) {
+            return;
+        }
+        if let Err(e) = self.request_compaction() {
+            self.out.log("warn", &format!("cannot start a compaction: {e}"));
+        }
     }
 
     /// Records a failure that refuses every later hook, and says so.
@@ -207,6 +343,7 @@ impl Engine {
     fn store(&mut self, call: &DbWrite) -> Result<()> {
         let n = call.data_version;
         let kind = state::classify(n, &call.writes).map_err(anyhow::Error::msg)?;
+        self.adopt_compacted()?;
         let journal = self.journal.as_mut().expect("journal opened by ensure_ready");
         match state::decide(journal.tip(), n, kind) {
             Decision::Append => {}
@@ -242,20 +379,48 @@ impl Engine {
                 let g =
                     journal.start_generation(&mut |dest: &Path| snapshot::copy_live(&db, dest, snapshot_version))?;
                 self.out.log("info", &format!("generation {g} started at data_version {snapshot_version}"));
+                journal.append(n, kind, &call.writes)?;
+                self.retire_in_background();
+                return Ok(());
             }
         }
         journal.append(n, kind, &call.writes)?;
+        self.maybe_compact();
+        if let (Some(m), Some(c)) = (&self.mirror, &self.config) {
+            // Backpressure, only past the bound: normally the mirror is a
+            // record or two behind and this is one uncontended lock.
+            if !m.wait_within(n, c.mirror_max_lag, std::time::Duration::from_secs(10)) {
+                self.out.log("warn", &format!("the mirror lags more than {} data_versions", c.mirror_max_lag));
+            }
+        }
         Ok(())
     }
 
     /// Seals the journal: called on a clean stop, once the hooks are over.
     pub fn seal(&mut self) {
+        // A compaction finished but not yet adopted is adopted now; one still
+        // running is abandoned (its directory is removed at the next start).
+        if self.journal.as_ref().is_some_and(|j| j.poisoned().is_none()) {
+            if let Err(e) = self.adopt_compacted() {
+                self.out.log("error", &format!("cannot switch to the compacted generation: {e:#}"));
+            }
+        }
+        if let Some(c) = &self.compactor {
+            c.stop();
+        }
         if let Some(j) = self.journal.as_mut() {
             if j.poisoned().is_none() {
                 if let Err(e) = j.seal() {
                     self.out.log("error", &format!("cannot seal the journal: {e:#}"));
                     return;
                 }
+            }
+        }
+        if let Some(m) = self.mirror.take() {
+            let generation = self.journal.as_ref().map_or(0, |j| j.generation());
+            match m.finish(generation) {
+                Ok(v) => self.out.log("info", &format!("mirror up to date at data_version {v}")),
+                Err(e) => self.out.log("error", &format!("cannot bring the mirror up to date: {e:#}")),
             }
         }
         self.status.set_state(PluginState::Stopped, None);

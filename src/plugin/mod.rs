@@ -33,6 +33,11 @@ fn manifest() -> serde_json::Value {
             "name": "replica-status",
             "usage": "",
             "description": "Show what cln-replica's journal holds and whether it is in sync",
+        }, {
+            "name": "replica-compact",
+            "usage": "",
+            "description": "Compact cln-replica's journal in the background: a new generation rolled up from the \
+                            current one (its snapshot plus its records); see replica-status for progress",
         }],
         "subscriptions": ["shutdown"],
         "hooks": [{"name": "db_write"}],
@@ -124,7 +129,22 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
                 }
                 out.reply(id, "{}")
             }
-            "replica-status" => out.reply(id, &serde_json::to_string(&engine.status.snapshot()).expect("json")),
+            "replica-status" => {
+                let mut v = serde_json::to_value(engine.status.snapshot()).expect("json");
+                let c = engine.compaction.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                v["compaction"] = serde_json::to_value(c).expect("json");
+                v["mirror"] = serde_json::to_value(engine.mirror_status()).expect("json");
+                out.reply(id, &v.to_string())
+            }
+            "replica-compact" => match engine.request_compaction() {
+                Ok(g) => out.reply(
+                    id,
+                    &json!({"started": true, "generation": g,
+                            "note": "runs in the background; the switch happens at the next database write"})
+                    .to_string(),
+                ),
+                Err(why) => out.reply_error(id, -32600, &why),
+            },
             other => out.reply_error(id, -32601, &format!("cln-replica has no method {other:?}")),
         };
         if let Err(e) = sent {
