@@ -62,8 +62,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let tmp;
     let work = match &a.workdir {
         Some(w) => {
-            std::fs::create_dir_all(w)?;
-            w.clone()
+            std::fs::create_dir_all(w).with_context(|| format!("cannot create {}", w.display()))?;
+            // The plugin runs in the node's directory: relative paths would
+            // resolve against it.
+            std::fs::canonicalize(w).with_context(|| format!("cannot resolve {}", w.display()))?
         }
         None => {
             tmp = tempfile::tempdir()?;
