@@ -8,6 +8,7 @@
 //! - [`device`]: the I/O trait everything durable goes through;
 //! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
 //!   way in and the way back out;
+//! - [`remote`]: encrypted replication to S3, SFTP and file destinations;
 //! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
 //! - [`cli`]: the command line, one file per subcommand.
 
@@ -18,6 +19,7 @@ pub mod device;
 pub mod inventory;
 pub mod journal;
 pub mod plugin;
+pub mod remote;
 pub mod replay;
 pub mod restore;
 pub mod rpc;

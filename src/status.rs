@@ -56,6 +56,9 @@ pub struct PluginStatus {
     pub hook_latency_us_p50: Option<u64>,
     pub hook_latency_us_p99: Option<u64>,
     pub updated_unix_ms: u64,
+    /// Remote destinations, when configured (docs/REMOTE.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::shipper::RemoteStatus>,
 }
 
 /// The last hook latencies, for percentiles. Bounded: 4096 samples.
@@ -101,6 +104,7 @@ struct Board {
     journal: Option<PathBuf>,
     progress: Option<Arc<Progress>>,
     latencies: LatencyRing,
+    remote: Option<crate::remote::shipper::StatusSource>,
 }
 
 /// Shared between the engine (which updates it) and the publisher thread.
@@ -117,6 +121,10 @@ impl StatusBoard {
         if b.state.is_none() {
             b.state = Some(PluginState::InSync);
         }
+    }
+
+    pub fn attach_remote(&self, remote: crate::remote::shipper::StatusSource) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remote = Some(remote);
     }
 
     pub fn set_state(&self, state: PluginState, reason: Option<String>) {
@@ -168,6 +176,7 @@ impl StatusBoard {
             hook_latency_us_p50: pct.map(|p| p.0),
             hook_latency_us_p99: pct.map(|p| p.1),
             updated_unix_ms: now_unix_ms(),
+            remote: b.remote.as_ref().map(|r| r.status()),
         }
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod init;
+mod keygen;
 mod restore;
 mod status;
 pub mod time;
@@ -33,6 +34,7 @@ enum Command {
     Status(status::Args),
     Demo(demo::Args),
     Bench(bench::Args),
+    Keygen(keygen::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -44,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Keygen(a) => keygen::run(a),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ use super::protocol::{DbWrite, Output};
 use crate::config::{self, Config};
 use crate::device::Device;
 use crate::journal::Journal;
+use crate::remote::shipper::{RemoteOptions, Replicator};
 use crate::snapshot;
 use crate::state::{self, Decision, NewGenerationReason};
 use crate::status::{LatencyRing, PluginState, StatusBoard};
@@ -48,6 +49,9 @@ pub struct Engine {
     device: Arc<dyn Device>,
     config: Option<Config>,
     journal: Option<Journal>,
+    /// The remote destinations, when configured (off the hook's path except
+    /// for the synchronous tier).
+    remote: Option<Replicator>,
     /// Set once the plugin must refuse every further hook: a setup error, a
     /// halt, a failed write. lightningd stops at the first refusal; if it
     /// somehow calls again, the answer is the same.
@@ -64,6 +68,7 @@ impl Engine {
             device,
             config: None,
             journal: None,
+            remote: None,
             failure: None,
             latencies: LatencyRing::default(),
             status: Arc::new(StatusBoard::default()),
@@ -129,6 +134,19 @@ impl Engine {
                 describe_tip(journal.tip(), journal.generation())
             ),
         );
+        if !config.destinations.is_empty() {
+            let key = Replicator::load_key(config.key_file.as_deref(), config.hsm_secret.as_deref())?;
+            let out = self.out.clone();
+            let remote = Replicator::start(
+                remote_options(&config),
+                key,
+                config.journal.clone(),
+                journal.progress(),
+                Arc::new(move |level: &str, msg: &str| out.log(level, &format!("cln-replica: {msg}"))),
+            )?;
+            self.status.attach_remote(remote.status_source());
+            self.remote = Some(remote);
+        }
         self.config = Some(config);
         self.journal = Some(journal);
         Ok(())
@@ -199,7 +217,10 @@ impl Engine {
                 self.out.log("info", &format!("generation {g} started at data_version {snapshot_version}"));
             }
         }
-        journal.append(n, kind, &call.writes)?;
+        let appended = journal.append(n, kind, &call.writes)?;
+        if let Some(remote) = &self.remote {
+            remote.after_append(appended.generation, appended.seq, &call.writes).map_err(anyhow::Error::msg)?;
+        }
         Ok(())
     }
 
@@ -213,7 +234,24 @@ impl Engine {
                 }
             }
         }
+        if let Some(r) = &self.remote {
+            r.drain_and_stop();
+        }
         self.status.set_state(PluginState::Stopped, None);
+    }
+}
+
+/// The remote tier's settings from the configuration.
+pub fn remote_options(c: &Config) -> RemoteOptions {
+    RemoteOptions {
+        destinations: c.destinations.clone(),
+        sync: c.remote_sync,
+        quorum: c.remote_quorum,
+        sync_timeout: std::time::Duration::from_millis(c.remote_sync_timeout_ms),
+        on_timeout: c.remote_sync_on_timeout,
+        lag: std::time::Duration::from_millis(c.remote_lag_ms),
+        drain: std::time::Duration::from_millis(c.remote_drain_ms),
+        retain_generations: c.remote_retain_generations,
     }
 }
 
