@@ -423,7 +423,8 @@ impl Worker {
         let b = self.shared.lock();
         let i = self.index;
         let _ = self.shared.cv.wait_timeout_while(b, d, |b| {
-            !b.stop && !(for_sync && b.want > (b.dests[i].acked_generation, b.dests[i].acked_seq))
+            let sync_waiting = for_sync && b.want > (b.dests[i].acked_generation, b.dests[i].acked_seq);
+            !(b.stop || sync_waiting)
         });
     }
 
