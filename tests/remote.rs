@@ -385,8 +385,12 @@ fn s3_sync_tier_halts_without_the_server_and_latency_per_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let server = S3Server::start(&tmp.path().join("s3"), free_port());
     let mut report = vec![];
-    for mode in ["none", "channel-state", "all"] {
-        let (s, _key) = setup(&server.destination(&format!("lat-{mode}")), &format!("remote_sync = \"{mode}\"\n"));
+    for mode in ["no destination", "none", "channel-state", "all"] {
+        let (s, _key) = if mode == "no destination" {
+            (Setup::new(""), PathBuf::new())
+        } else {
+            setup(&server.destination(&format!("lat-{mode}")), &format!("remote_sync = \"{mode}\"\n"))
+        };
         let mut node = start(&s);
         let mut w = Workload::new(99);
         run(&mut node, &mut w, 50);
