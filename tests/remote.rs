@@ -462,3 +462,34 @@ fn sftp_restore_equals_the_node() {
     let restored = restore_from(&s, &full, &key, "from-sftp.sqlite3").unwrap();
     assert_same_as_node(&s, &node, &restored);
 }
+
+/// A journal started anew (or another node) on the same location never
+/// continues the generation it finds there.
+#[test]
+fn a_new_journal_never_continues_another_journals_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s1, key1) = setup(&file_destination(&dest), "");
+    let mut node1 = start(&s1);
+    run(&mut node1, &mut Workload::new(1), 30);
+    wait_caught_up(&s1, &node1, Duration::from_secs(20));
+    let (ok, _) = node1.shutdown_plugin().unwrap();
+    assert!(ok.success());
+    let (s2, key2) = setup(&file_destination(&dest), "");
+    std::fs::copy(&key1, &key2).unwrap();
+    let mut node2 = start(&s2);
+    run(&mut node2, &mut Workload::new(2), 10);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let err = status(&s2).and_then(|st| st.remote.unwrap().destinations[0].last_error.clone());
+        if err.as_deref().is_some_and(|e| e.contains("not this journal's generation")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {err:?}\n{}", node2.logs().join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node2.kill_plugin().unwrap();
+    // The first node's copy is intact.
+    let restored = restore_from(&s1, &format!("file://{}", dest.display()), &key1, "first.sqlite3").unwrap();
+    assert_same_as_node(&s1, &node1, &restored);
+}

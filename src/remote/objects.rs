@@ -76,6 +76,19 @@ pub fn encode_base(header: &SegmentHeader, snapshot: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Only the header of a base object's plaintext.
+pub fn base_header(generation: u64, plain: &[u8]) -> Result<SegmentHeader> {
+    if plain.len() < 8 + SEGMENT_HEADER_BYTES || &plain[..8] != BASE_MAGIC {
+        bail!("not a base object");
+    }
+    let header = SegmentHeader::decode(&plain[8..8 + SEGMENT_HEADER_BYTES])
+        .map_err(|e| anyhow::anyhow!("invalid generation header: {e}"))?;
+    if header.generation != generation {
+        bail!("holds generation {}, not generation {generation}", header.generation);
+    }
+    Ok(header)
+}
+
 pub fn decode_base(generation: u64, plain: &[u8]) -> Result<(SegmentHeader, Vec<u8>)> {
     if plain.len() < 8 + SEGMENT_HEADER_BYTES || &plain[..8] != BASE_MAGIC {
         bail!("not a base object");

@@ -586,8 +586,20 @@ impl Worker {
             seq = seq.max(last);
         }
         if base {
-            // The base's acknowledgement, then the records found.
+            // The same generation number from another journal (one moved
+            // aside and started anew, or another node on the same prefix)
+            // must never be continued: compare the bases' headers.
             let gen = crate::journal::reader::Generation::open(&self.journal, g)?;
+            let name = objects::base_name(g);
+            let sealed = self.store.get(&name)?.ok_or_else(|| anyhow::anyhow!("{name} vanished while listed"))?;
+            let plain = crypto::open(&self.key, &name, &sealed).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            if objects::base_header(g, &plain)? != gen.header {
+                bail!(
+                    "the destination's generation {g} is not this journal's generation {g} (another node, or a \
+                     journal that was started anew, uses the same location): give this node its own prefix"
+                );
+            }
+            // The base's acknowledgement, then the records found.
             let mut b = self.shared.lock();
             let d = &mut b.dests[self.index];
             d.acked_generation = g;
