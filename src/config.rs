@@ -6,6 +6,7 @@
 //! Unknown keys are errors, so that a typo never silently disables a setting.
 
 use crate::journal::JournalOptions;
+use crate::remote::{DestinationConfig, OnTimeout, RemoteSync};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,35 @@ pub struct Config {
     /// What the plugin does when the backup device fails or disappears.
     #[serde(default)]
     pub on_device_lost: DeviceLostPolicy,
+    /// Remote destinations (docs/REMOTE.md): the key everything is encrypted
+    /// with, from a key file (relative to this file's directory)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// ...or derived from lightningd's hsm_secret (relative to the network directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsm_secret: Option<PathBuf>,
+    /// Which changes wait for the destinations: "none", "channel-state", "all".
+    #[serde(default)]
+    pub remote_sync: RemoteSync,
+    /// How many destinations must acknowledge a synchronous change.
+    #[serde(default = "default_remote_quorum")]
+    pub remote_quorum: usize,
+    #[serde(default = "default_remote_sync_timeout_ms")]
+    pub remote_sync_timeout_ms: u64,
+    /// "halt" (refuse the hook: lightningd stops) or "degrade".
+    #[serde(default)]
+    pub remote_sync_on_timeout: OnTimeout,
+    /// Background shipping: the lag behind the journal while a destination is up.
+    #[serde(default = "default_remote_lag_ms")]
+    pub remote_lag_ms: u64,
+    /// On a clean stop, wait at most this long for the destinations to catch up.
+    #[serde(default = "default_remote_drain_ms")]
+    pub remote_drain_ms: u64,
+    /// Generations kept at each destination (the newest complete one included).
+    #[serde(default = "default_remote_retain_generations")]
+    pub remote_retain_generations: u64,
+    #[serde(default, rename = "destination", skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationConfig>,
 }
 
 /// `on_device_lost`: what a failed or vanished backup device does to lightningd.
@@ -104,6 +134,21 @@ fn default_keep_generations() -> u32 {
 fn default_compact_journal_bytes() -> u64 {
     1 << 30
 }
+fn default_remote_quorum() -> usize {
+    1
+}
+fn default_remote_sync_timeout_ms() -> u64 {
+    5_000
+}
+fn default_remote_lag_ms() -> u64 {
+    2_000
+}
+fn default_remote_drain_ms() -> u64 {
+    10_000
+}
+fn default_remote_retain_generations() -> u64 {
+    2
+}
 
 impl Config {
     /// A configuration with defaults for everything but the journal.
@@ -122,6 +167,16 @@ impl Config {
             compact_after_secs: 0,
             mirror: None,
             mirror_max_lag: default_mirror_max_lag(),
+            key_file: None,
+            hsm_secret: None,
+            remote_sync: RemoteSync::None,
+            remote_quorum: default_remote_quorum(),
+            remote_sync_timeout_ms: default_remote_sync_timeout_ms(),
+            remote_sync_on_timeout: OnTimeout::Halt,
+            remote_lag_ms: default_remote_lag_ms(),
+            remote_drain_ms: default_remote_drain_ms(),
+            remote_retain_generations: default_remote_retain_generations(),
+            destinations: vec![],
         }
     }
 
@@ -145,6 +200,36 @@ impl Config {
         if self.shutdown_quiet_ms > 30_000 {
             bail!("shutdown_quiet_ms must be at most 30000 (lightningd stops waiting for plugins after 30 s)");
         }
+        self.validate_remote()
+    }
+
+    fn validate_remote(&self) -> Result<()> {
+        if self.destinations.is_empty() {
+            if self.remote_sync != RemoteSync::None {
+                bail!("remote_sync is set but no [[destination]] is configured");
+            }
+            return Ok(());
+        }
+        if self.key_file.is_some() == self.hsm_secret.is_some() {
+            bail!(
+                "[[destination]] needs exactly one of `key_file` (made by `cln-replica keygen --out FILE`) and \
+                 `hsm_secret`: everything that leaves the box is encrypted"
+            );
+        }
+        for d in &self.destinations {
+            crate::remote::store::parse_url(&d.url)?;
+        }
+        if self.remote_sync != RemoteSync::None
+            && (self.remote_quorum == 0 || self.remote_quorum > self.destinations.len())
+        {
+            bail!("remote_quorum must be between 1 and the number of destinations ({})", self.destinations.len());
+        }
+        if self.remote_drain_ms + self.shutdown_quiet_ms > 29_000 {
+            bail!("remote_drain_ms + shutdown_quiet_ms must stay under 29000 (lightningd waits 30 s for plugins)");
+        }
+        if !(100..=3_600_000).contains(&self.remote_lag_ms) || self.remote_sync_timeout_ms == 0 {
+            bail!("remote_lag_ms must be between 100 and 3600000, remote_sync_timeout_ms above 0");
+        }
         Ok(())
     }
 
@@ -167,6 +252,12 @@ impl Config {
         }
         if c.database.is_relative() {
             c.database = network_dir.join(&c.database);
+        }
+        if let Some(k) = c.key_file.as_mut().filter(|k| k.is_relative()) {
+            *k = base.join(&*k);
+        }
+        if let Some(h) = c.hsm_secret.as_mut().filter(|h| h.is_relative()) {
+            *h = network_dir.join(&*h);
         }
         Ok(c)
     }
@@ -208,6 +299,22 @@ mod tests {
         assert!(Config::parse("journal = \"/j\"\nkeep_generations = 0\n").is_err());
         let c = Config::parse("journal = \"/j\"\nkeep_generations = 3\ncompact_after_secs = 60\n").unwrap();
         assert_eq!((c.keep_generations, c.compact_after_secs), (3, 60));
+    }
+
+    #[test]
+    fn destinations_parse_and_need_a_key() {
+        let text = "journal = \"/j\"\nkey_file = \"k\"\nremote_sync = \"channel-state\"\n\
+                    [[destination]]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+                    [[destination]]\nurl = \"file:///mnt/nas\"\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.remote_sync, RemoteSync::ChannelState);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert!(Config::parse("journal = \"/j\"\n[[destination]]\nurl = \"file:///x\"\n").is_err(), "no key");
+        assert!(Config::parse("journal = \"/j\"\nremote_sync = \"all\"\n").is_err(), "sync without destination");
+        assert!(Config::parse("journal = \"/j\"\nkey_file = \"k\"\n[[destination]]\nurl = \"file:///x\"\nurll = 1\n")
+            .is_err());
+        assert!(Config::parse("journal = \"/j\"\nremote_sync = \"sometimes\"\n").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!   way in and the way back out;
 //! - [`compact`], compaction (a new generation rolled up from the previous one)
 //!   and retention; [`mirror`], a bootable second database fed from the journal;
+//! - [`remote`]: encrypted replication to S3, SFTP and file destinations;
 //! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
 //! - [`panel`] (feature `panel`): the appliance's status LEDs and safe-shutdown button;
 //! - [`cli`]: the command line, one file per subcommand.
@@ -26,6 +27,7 @@ pub mod mirror;
 #[cfg(feature = "panel")]
 pub mod panel;
 pub mod plugin;
+pub mod remote;
 pub mod replay;
 pub mod restore;
 pub mod rpc;

@@ -63,6 +63,9 @@ pub struct PluginStatus {
     /// "degrade"`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// Remote destinations, when configured (docs/REMOTE.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::shipper::RemoteStatus>,
 }
 
 /// The last hook latencies, for percentiles. Bounded: 4096 samples.
@@ -109,6 +112,7 @@ struct Board {
     progress: Option<Arc<Progress>>,
     latencies: LatencyRing,
     degraded: Option<String>,
+    remote: Option<crate::remote::shipper::StatusSource>,
 }
 
 /// Shared between the engine (which updates it) and the publisher thread.
@@ -125,6 +129,10 @@ impl StatusBoard {
         if b.state.is_none() {
             b.state = Some(PluginState::InSync);
         }
+    }
+
+    pub fn attach_remote(&self, remote: crate::remote::shipper::StatusSource) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remote = Some(remote);
     }
 
     pub fn set_state(&self, state: PluginState, reason: Option<String>) {
@@ -187,6 +195,7 @@ impl StatusBoard {
             hook_latency_us_p99: pct.map(|p| p.1),
             updated_unix_ms: now_unix_ms(),
             degraded: b.degraded.clone(),
+            remote: b.remote.as_ref().map(|r| r.status()),
         }
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod compact;
 mod demo;
 mod init;
+mod keygen;
 #[cfg(feature = "panel")]
 mod panel;
 pub mod progress;
@@ -40,6 +41,7 @@ enum Command {
     Bench(bench::Args),
     #[cfg(feature = "panel")]
     Panel(panel::Args),
+    Keygen(keygen::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -54,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         #[cfg(feature = "panel")]
         Command::Panel(a) => panel::run(a),
+        Command::Keygen(a) => keygen::run(a),
     };
     match result {
         Ok(code) => code,

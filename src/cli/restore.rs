@@ -1,5 +1,6 @@
 //! `cln-replica restore`: rebuild lightningd.sqlite3 from the journal.
 
+use crate::remote::fetch::{Source, Which};
 use crate::restore::{restore, RestoreOptions};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -10,9 +11,16 @@ use std::process::ExitCode;
 #[command(after_help = "Stop lightningd before putting a restored database in place. A restored \
 database is checked (SQLite integrity check, vars.data_version) before it is renamed to --to.")]
 pub struct Args {
-    /// The journal directory (`journal` in cln-replica.toml)
+    /// The journal directory (`journal` in cln-replica.toml), or a destination:
+    /// s3://bucket/prefix, sftp://user@host:port/path, file:///path
     #[arg(long)]
-    from: PathBuf,
+    from: String,
+    /// Key file for a destination URL (made by `cln-replica keygen`)
+    #[arg(long, value_name = "FILE", conflicts_with = "hsm_secret")]
+    key_file: Option<PathBuf>,
+    /// lightningd's hsm_secret, when the destinations' key is derived from it
+    #[arg(long, value_name = "FILE")]
+    hsm_secret: Option<PathBuf>,
     /// The database file to create (e.g. ~/.lightning/bitcoin/lightningd.sqlite3)
     #[arg(long)]
     to: PathBuf,
@@ -36,7 +44,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(mirror) = &a.from_mirror {
-        let r = crate::mirror::restore_from_mirror(&a.from, mirror, &a.to, a.force)?;
+        let r = crate::mirror::restore_from_mirror(std::path::Path::new(&a.from), mirror, &a.to, a.force)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
@@ -52,7 +60,34 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let before_unix_ms = a.before.as_deref().map(super::time::parse_to_unix_ms).transpose()?;
-    let opts = RestoreOptions { from: a.from, to: a.to, at: a.at, before_unix_ms, force: a.force };
+    let source = Source { from: a.from.clone(), key_file: a.key_file, hsm_secret: a.hsm_secret };
+    let _fetched;
+    let from = if source.is_remote() {
+        let near = match a.to.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let which = a.at.map(Which::At).unwrap_or(Which::Newest);
+        let (dir, fetched) = source.materialise(which, &near)?;
+        for s in &fetched.skipped {
+            eprintln!("note: {s}");
+        }
+        if !a.json {
+            println!(
+                "fetched {} object(s), {} from {}: generation(s) {:?}, every object authenticated",
+                fetched.objects,
+                super::bytes(fetched.bytes),
+                a.from.split('?').next().unwrap_or(""),
+                fetched.generations
+            );
+        }
+        let path = dir.path().to_path_buf();
+        _fetched = dir;
+        path
+    } else {
+        PathBuf::from(&a.from)
+    };
+    let opts = RestoreOptions { from, to: a.to, at: a.at, before_unix_ms, force: a.force };
     let mut bar = super::progress::Bar::new("restore", 0);
     let mut last = 0;
     let report = restore(&opts, |p| {

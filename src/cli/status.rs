@@ -112,6 +112,28 @@ pub fn run(a: Args) -> Result<ExitCode> {
             s.hook_latency_us_p99,
             super::time::format_unix_ms(s.updated_unix_ms)
         );
+        if let Some(r) = &s.remote {
+            println!(
+                "remote (synchronous tier {}){}",
+                r.sync,
+                r.degraded_reason.as_ref().map(|w| format!(": DEGRADED ({w})")).unwrap_or_default()
+            );
+            for d in &r.destinations {
+                println!(
+                    "  {}: acknowledged generation {} record {} (data_version {}), queue {} record(s), lag {} ms, \
+                     {} object(s) / {} shipped{}",
+                    d.name,
+                    d.acked_generation,
+                    d.acked_seq,
+                    d.acked_data_version.map_or("-".into(), |v| v.to_string()),
+                    d.queue_records,
+                    d.lag_ms,
+                    d.objects_shipped,
+                    super::bytes(d.bytes_shipped),
+                    d.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

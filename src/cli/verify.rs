@@ -9,9 +9,15 @@ use std::process::ExitCode;
 #[command(after_help = "Exit status: 0 when the journal is sound, 1 when a problem was found (each \
 problem names its generation, data_version and byte offset), 2 when the journal cannot be read.")]
 pub struct Args {
-    /// The journal directory
+    /// The journal directory, or a destination URL (s3://, sftp://, file://)
     #[arg(long)]
-    from: PathBuf,
+    from: String,
+    /// Key file for a destination URL
+    #[arg(long, value_name = "FILE", conflicts_with = "hsm_secret")]
+    key_file: Option<PathBuf>,
+    /// lightningd's hsm_secret, when the destinations' key is derived from it
+    #[arg(long, value_name = "FILE")]
+    hsm_secret: Option<PathBuf>,
     /// Skip replaying the newest generation (checksums and continuity only)
     #[arg(long)]
     no_replay: bool,
@@ -21,7 +27,26 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let report = crate::verify::verify(&a.from, !a.no_replay)?;
+    let source = crate::remote::fetch::Source { from: a.from.clone(), key_file: a.key_file, hsm_secret: a.hsm_secret };
+    let (_guard, from) = if source.is_remote() {
+        // Every object is downloaded and authenticated; a refusal names it.
+        let (dir, fetched) = match source.materialise(crate::remote::fetch::Which::All, &std::env::temp_dir()) {
+            Ok(x) => x,
+            Err(e) => {
+                println!("PROBLEM: {e:#}");
+                println!("destination has problems");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        if !a.json {
+            println!("fetched {} object(s), all authenticated", fetched.objects);
+        }
+        let p = dir.path().to_path_buf();
+        (Some(dir), p)
+    } else {
+        (None, PathBuf::from(&a.from))
+    };
+    let report = crate::verify::verify(&from, !a.no_replay)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

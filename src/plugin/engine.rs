@@ -12,6 +12,7 @@ use crate::compact::{self, CompactionStatus, Compactor};
 use crate::config::{self, Config, DeviceLostPolicy};
 use crate::device::Device;
 use crate::journal::Journal;
+use crate::remote::shipper::{RemoteOptions, Replicator};
 use crate::snapshot;
 use crate::state::{self, Decision, NewGenerationReason};
 use crate::status::{LatencyRing, PluginState, StatusBoard};
@@ -49,6 +50,9 @@ pub struct Engine {
     device: Arc<dyn Device>,
     config: Option<Config>,
     journal: Option<Journal>,
+    /// The remote destinations, when configured (off the hook's path except
+    /// for the synchronous tier).
+    remote: Option<Replicator>,
     /// Set once the plugin must refuse every further hook: a setup error, a
     /// halt, a failed write. lightningd stops at the first refusal; if it
     /// somehow calls again, the answer is the same.
@@ -74,6 +78,7 @@ impl Engine {
             device,
             config: None,
             journal: None,
+            remote: None,
             failure: None,
             degraded: None,
             latencies: LatencyRing::default(),
@@ -155,6 +160,19 @@ impl Engine {
             let m = crate::mirror::Mirror::spawn(config.journal.clone(), path.clone(), journal.progress())
                 .context("cannot start the mirror's thread")?;
             self.mirror = Some(m);
+        }
+        if !config.destinations.is_empty() {
+            let key = Replicator::load_key(config.key_file.as_deref(), config.hsm_secret.as_deref())?;
+            let out = self.out.clone();
+            let remote = Replicator::start(
+                remote_options(&config),
+                key,
+                config.journal.clone(),
+                journal.progress(),
+                Arc::new(move |level: &str, msg: &str| out.log(level, &format!("cln-replica: {msg}"))),
+            )?;
+            self.status.attach_remote(remote.status_source());
+            self.remote = Some(remote);
         }
         self.config = Some(config);
         self.journal = Some(journal);
@@ -345,6 +363,7 @@ impl Engine {
         let kind = state::classify(n, &call.writes).map_err(anyhow::Error::msg)?;
         self.adopt_compacted()?;
         let journal = self.journal.as_mut().expect("journal opened by ensure_ready");
+        let mut new_generation = false;
         match state::decide(journal.tip(), n, kind) {
             Decision::Append => {}
             Decision::Supersede => self.out.log(
@@ -379,12 +398,18 @@ impl Engine {
                 let g =
                     journal.start_generation(&mut |dest: &Path| snapshot::copy_live(&db, dest, snapshot_version))?;
                 self.out.log("info", &format!("generation {g} started at data_version {snapshot_version}"));
-                journal.append(n, kind, &call.writes)?;
-                self.retire_in_background();
-                return Ok(());
+                new_generation = true;
             }
         }
-        journal.append(n, kind, &call.writes)?;
+        let appended = journal.append(n, kind, &call.writes)?;
+        if let Some(remote) = &self.remote {
+            remote.after_append(appended.generation, appended.seq, &call.writes).map_err(anyhow::Error::msg)?;
+        }
+        if new_generation {
+            // The mirror rebuilds from the new snapshot: no backpressure now.
+            self.retire_in_background();
+            return Ok(());
+        }
         self.maybe_compact();
         if let (Some(m), Some(c)) = (&self.mirror, &self.config) {
             // Backpressure, only past the bound: normally the mirror is a
@@ -423,6 +448,9 @@ impl Engine {
                 Err(e) => self.out.log("error", &format!("cannot bring the mirror up to date: {e:#}")),
             }
         }
+        if let Some(r) = &self.remote {
+            r.drain_and_stop();
+        }
         self.status.set_state(PluginState::Stopped, None);
     }
 }
@@ -438,6 +466,20 @@ impl std::fmt::Display for DeviceLost {
 }
 
 impl std::error::Error for DeviceLost {}
+
+/// The remote tier's settings from the configuration.
+pub fn remote_options(c: &Config) -> RemoteOptions {
+    RemoteOptions {
+        destinations: c.destinations.clone(),
+        sync: c.remote_sync,
+        quorum: c.remote_quorum,
+        sync_timeout: std::time::Duration::from_millis(c.remote_sync_timeout_ms),
+        on_timeout: c.remote_sync_on_timeout,
+        lag: std::time::Duration::from_millis(c.remote_lag_ms),
+        drain: std::time::Duration::from_millis(c.remote_drain_ms),
+        retain_generations: c.remote_retain_generations,
+    }
+}
 
 fn describe_tip(tip: state::Tip, generation: u64) -> String {
     match tip {

@@ -98,6 +98,17 @@ fn spawn(victim: libc::pid_t) -> std::io::Result<(i32, libc::pid_t)> {
         0 => unsafe {
             libc::close(fds[1]);
             libc::close(0);
+            // Keep only stdout, stderr, the pipe and the pidfd: a descriptor
+            // inherited from another thread (a journal's LOCK, say) would
+            // otherwise stay open, and locked, for the guard's whole life.
+            let (lo, hi) = (fds[0].min(pidfd) as u32, fds[0].max(pidfd) as u32);
+            for (from, to) in [(3, lo.saturating_sub(1)), (lo + 1, hi.saturating_sub(1)), (hi + 1, u32::MAX)] {
+                if from <= to && libc::syscall(libc::SYS_close_range, from, to, 0) != 0 {
+                    for fd in from..to.min(4096).saturating_add(1) {
+                        libc::close(fd as i32);
+                    }
+                }
+            }
             let mut byte = 0u8;
             let n = loop {
                 let n = libc::read(fds[0], (&mut byte as *mut u8).cast(), 1);

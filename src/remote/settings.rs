@@ -1,0 +1,215 @@
+//! The remote part of `cln-replica.toml`: `[[destination]]` tables and the
+//! synchronous tier's settings. Parsed by [`crate::config::Config`].
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A secret string: serialised as is (it lives in the config file), never
+/// shown by Debug, so a logged configuration cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// One `[[destination]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// `s3://bucket/prefix`, `sftp://user@host:port/path` or `file:///path`.
+    /// Options may also be given as `?key=value` after the URL.
+    pub url: String,
+    /// A short name for logs and status (default: the URL without options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// S3: the endpoint of an S3-compatible service (default: AWS, or
+    /// `$AWS_ENDPOINT_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3: the region (default `$AWS_REGION`, else `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// S3: credentials; by default `$AWS_ACCESS_KEY_ID` / `$AWS_SECRET_ACCESS_KEY`
+    /// or `~/.aws/credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    /// SFTP: the private key to log in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<PathBuf>,
+    /// SFTP: `strict` (default), `add` or `accept` for unknown host keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
+    /// Background uploads to this destination stay under this rate.
+    #[serde(default = "default_rate")]
+    pub upload_bytes_per_s_max: u64,
+}
+
+fn default_rate() -> u64 {
+    4 << 20
+}
+
+impl DestinationConfig {
+    pub fn new(url: &str) -> DestinationConfig {
+        DestinationConfig {
+            url: url.to_string(),
+            name: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            ssh_key: None,
+            known_hosts: None,
+            upload_bytes_per_s_max: default_rate(),
+        }
+    }
+
+    /// The name in logs and status: never carries a query string (which may
+    /// hold options) nor a password.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let base = self.url.split('?').next().unwrap_or("");
+        match base.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((userinfo, host)) => format!("{scheme}://{}@{host}", userinfo.split(':').next().unwrap_or("")),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        }
+    }
+
+    /// A setting given either in the table or as `?key=value` in the URL.
+    pub fn option(&self, key: &str) -> Option<String> {
+        let from_table = match key {
+            "endpoint" => self.endpoint.clone(),
+            "region" => self.region.clone(),
+            "access_key_id" => self.access_key_id.clone(),
+            "secret_access_key" => self.secret_access_key.as_ref().map(|s| s.0.clone()),
+            "ssh_key" | "key" => self.ssh_key.as_ref().map(|p| p.display().to_string()),
+            "known_hosts" => self.known_hosts.clone(),
+            _ => None,
+        };
+        from_table.or_else(|| {
+            let q = self.url.split_once('?')?.1;
+            q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+        })
+    }
+}
+
+/// Which changes wait for the destinations before lightningd may commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteSync {
+    /// Every change is shipped in the background.
+    #[default]
+    None,
+    /// Changes touching the tables funds depend on wait for a quorum.
+    ChannelState,
+    /// Every change waits for a quorum.
+    All,
+}
+
+/// What a synchronous change does when no quorum acknowledges it in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnTimeout {
+    /// Refuse the hook: lightningd stops without committing.
+    #[default]
+    Halt,
+    /// Answer `continue`, log loudly, flag the status, and ship in the
+    /// background until a quorum has caught up again.
+    Degrade,
+}
+
+/// The tables whose changes the `channel-state` tier waits for (DOMAIN.md).
+pub const CHANNEL_STATE_TABLES: &[&str] = &[
+    "channels",
+    "channel_htlcs",
+    "shachains",
+    "shachain_known",
+    "htlc_sigs",
+    "penalty_bases",
+    "channel_funding_inflights",
+    "outputs",
+];
+
+/// The table a statement writes to (INSERT/REPLACE INTO t, UPDATE t,
+/// DELETE FROM t, CREATE/ALTER/DROP TABLE t), lower-cased. `None` for
+/// anything else (PRAGMA, CREATE INDEX, ...).
+pub fn written_table(statement: &str) -> Option<String> {
+    let mut words = statement.split(|c: char| c.is_whitespace() || c == '(').filter(|w| !w.is_empty());
+    let first = words.next()?.to_ascii_uppercase();
+    let target = match first.as_str() {
+        "INSERT" | "REPLACE" => words.find(|w| w.eq_ignore_ascii_case("INTO")).and_then(|_| words.next()),
+        "UPDATE" => {
+            let w = words.next()?;
+            if w.eq_ignore_ascii_case("OR") {
+                words.nth(1)
+            } else {
+                Some(w)
+            }
+        }
+        "DELETE" => words.find(|w| w.eq_ignore_ascii_case("FROM")).and_then(|_| words.next()),
+        "CREATE" | "ALTER" | "DROP" => {
+            words.find(|w| w.eq_ignore_ascii_case("TABLE")).and_then(|_| words.next()).and_then(|w| {
+                if w.eq_ignore_ascii_case("IF") {
+                    words.nth(if first == "CREATE" { 2 } else { 1 })
+                } else {
+                    Some(w)
+                }
+            })
+        }
+        _ => None,
+    }?;
+    Some(target.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']' || c == ';').to_ascii_lowercase())
+}
+
+/// Whether a change must wait for the destinations under `mode`.
+pub fn needs_sync<S: AsRef<str>>(mode: RemoteSync, statements: &[S]) -> bool {
+    match mode {
+        RemoteSync::None => false,
+        RemoteSync::All => true,
+        RemoteSync::ChannelState => statements
+            .iter()
+            .any(|s| written_table(s.as_ref()).is_some_and(|t| CHANNEL_STATE_TABLES.contains(&t.as_str()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_found() {
+        let t = |s| written_table(s);
+        assert_eq!(t("INSERT INTO channels (id) VALUES (1);").as_deref(), Some("channels"));
+        assert_eq!(t("INSERT OR REPLACE INTO shachain_known(a) VALUES (1)").as_deref(), Some("shachain_known"));
+        assert_eq!(t("UPDATE channel_htlcs SET x = 1").as_deref(), Some("channel_htlcs"));
+        assert_eq!(t("update OR IGNORE outputs set x=1").as_deref(), Some("outputs"));
+        assert_eq!(t("DELETE FROM htlc_sigs WHERE 1").as_deref(), Some("htlc_sigs"));
+        assert_eq!(t("CREATE TABLE IF NOT EXISTS penalty_bases (x)").as_deref(), Some("penalty_bases"));
+        assert_eq!(t("ALTER TABLE \"channels\" ADD x").as_deref(), Some("channels"));
+        assert_eq!(t("PRAGMA foreign_keys = ON;"), None);
+        assert!(needs_sync(RemoteSync::ChannelState, &["INSERT INTO invoices VALUES (1)", "UPDATE channels SET a=1"]));
+        assert!(!needs_sync(RemoteSync::ChannelState, &["INSERT INTO invoices VALUES (1)"]));
+        assert!(!needs_sync(RemoteSync::ChannelState, &["UPDATE channels_x SET a=1"]));
+        assert!(needs_sync(RemoteSync::All, &["PRAGMA foreign_keys = ON;"]));
+        assert!(!needs_sync(RemoteSync::None, &["UPDATE channels SET a=1"]));
+    }
+
+    #[test]
+    fn names_never_show_secrets() {
+        let mut d = DestinationConfig::new("sftp://bob:pw@host:22/p?key=/k");
+        assert_eq!(d.display_name(), "sftp://bob@host:22/p");
+        d.secret_access_key = Some(Secret("hunter2".into()));
+        assert!(!format!("{d:?}").contains("hunter2"));
+        assert_eq!(d.option("key").as_deref(), Some("/k"));
+    }
+}
