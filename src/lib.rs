@@ -30,6 +30,7 @@ pub mod plugin;
 pub mod remote;
 pub mod replay;
 pub mod restore;
+pub mod rng;
 pub mod rpc;
 pub mod sim;
 pub mod snapshot;

@@ -192,20 +192,8 @@ enum Node {
     File(u64),
 }
 
-/// Small deterministic generator (splitmix64) for [`Cut::Random`].
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-}
+/// Deterministic choices for [`Cut::Random`].
+type Rng = crate::rng::SplitMix64;
 
 impl Media {
     pub fn new() -> Media {
@@ -379,7 +367,7 @@ impl Media {
             Cut::Random(s) => s,
             _ => 0,
         };
-        let mut rng = Rng(seed);
+        let mut rng = crate::rng::SplitMix64(seed);
         let last_seq = self.files.values().flat_map(|f| f.volatile.iter()).map(|v| v.seq).max().unwrap_or(0);
         let tree = self.tree(cut, &mut rng);
         // BTreeMap order puts every directory before its content.

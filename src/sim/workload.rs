@@ -17,30 +17,21 @@
 
 use super::node::Change;
 
-/// splitmix64: small, fast, and the same on every platform.
-#[derive(Debug, Clone)]
-struct Rng(u64);
+use crate::rng::SplitMix64 as Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
+/// Random bytes as SQL blob literals.
+trait Blob {
     /// `n` random bytes as an SQL blob literal.
+    fn blob(&mut self, n: usize) -> String;
+}
+
+impl Blob for Rng {
     fn blob(&mut self, n: usize) -> String {
         let mut s = String::with_capacity(3 + 2 * n);
         s.push_str("x'");
         let mut left = n;
         while left > 0 {
-            let word = self.next();
+            let word = self.next_u64();
             for i in 0..left.min(8) {
                 s.push_str(&format!("{:02x}", (word >> (8 * i)) as u8));
             }
@@ -114,7 +105,11 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(seed: u64) -> Workload {
-        Workload { rng: Rng(seed), model: Model { clock: 1_795_605_400, ..Model::default() }, before_last: None }
+        Workload {
+            rng: crate::rng::SplitMix64(seed),
+            model: Model { clock: 1_795_605_400, ..Model::default() },
+            before_last: None,
+        }
     }
 
     /// lightningd's schema creation, as recorded from a real first start:
@@ -302,7 +297,7 @@ impl Workload {
             n % 2,
             ch.msat_local.min(300_000_000),
             ch.msat_local.max(300_000_000),
-            r.next() as i64,
+            r.next_u64() as i64,
             ch.id
         ));
         s.push(configs(ch.config_remote));
@@ -480,7 +475,7 @@ impl Workload {
             m.payment_ids += 1;
             let id = m.payment_ids;
             let hash = r.blob(32);
-            let group = r.next() >> 1;
+            let group = r.next_u64() >> 1;
             s.push(format!(
                 "INSERT INTO payments (  id,  status,  payment_hash,  destination,  msatoshi,  timestamp,  path_secrets,  \
                  route_nodes,  route_channels,  msatoshi_sent,  description,  bolt11,  total_msat,  partid,  \

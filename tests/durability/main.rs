@@ -49,24 +49,12 @@ pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+type Rng = cln_replica::rng::SplitMix64;
 
 fn hex(rng: &mut Rng, bytes: usize) -> String {
     let mut s = String::with_capacity(bytes * 2);
     for _ in 0..bytes.div_ceil(8) {
-        s.push_str(&format!("{:016x}", rng.next()));
+        s.push_str(&format!("{:016x}", rng.next_u64()));
     }
     s.truncate(bytes * 2);
     s
@@ -102,7 +90,7 @@ fn record_run(seed: u64, changes: usize) -> Run {
     let mut ln = Lightningd::open(&node, Arc::new(fault.clone()), Some(fault.clone()));
     ln.copies = Some(copies);
     let initial_hash = ln.hash();
-    let mut rng = Rng(seed);
+    let mut rng = cln_replica::rng::SplitMix64(seed);
     // Seed 0: a new node, whose whole schema is the journal's first record
     // (replaying it costs ~0.2 s per restore); the others: a node that ran
     // before the plugin, so the first hook takes a snapshot.
@@ -311,11 +299,11 @@ fn reboot(img: &Path, tracker: &Tracker, scratch: &Path, seed: u64) -> Result<()
             }
         }
     }
-    let mut rng = Rng(seed);
+    let mut rng = cln_replica::rng::SplitMix64(seed);
     let statements = [
         "CREATE TABLE IF NOT EXISTS durability_reboot (k INTEGER PRIMARY KEY, v TEXT NOT NULL)".to_string(),
-        format!("INSERT INTO durability_reboot VALUES (1, '{}')", rng.next()),
-        format!("INSERT INTO durability_reboot VALUES (2, '{}')", rng.next()),
+        format!("INSERT INTO durability_reboot VALUES (1, '{}')", rng.next_u64()),
+        format!("INSERT INTO durability_reboot VALUES (2, '{}')", rng.next_u64()),
     ];
     for s in statements {
         if ln.txn(std::slice::from_ref(&s), false) != Answer::Continue {
