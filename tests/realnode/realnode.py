@@ -437,6 +437,9 @@ class Node:
         self.replica = replica
         self.journal = journal or os.path.join(env.backup_dir, 'journal-' + name)
         self.status_file = os.path.join(env.workdir, 'status-%s.json' % name)
+        # The bootable mirror (issue 7), beside the work directory rather than
+        # on the backup device, so that the disk-full step tests the journal.
+        self.mirror = os.path.join(env.workdir, 'mirror-%s.sqlite3' % name)
         if replica:
             # Configured before the node's very first start: the journal sees
             # the schema being created.
@@ -451,7 +454,8 @@ class Node:
         return os.path.join(self.netdir, 'lightning-rpc')
 
     def write_replica_config(self, segment_bytes=None):
-        lines = ['journal = "%s"' % self.journal, 'status_file = "%s"' % self.status_file]
+        lines = ['journal = "%s"' % self.journal, 'status_file = "%s"' % self.status_file,
+                 'mirror = "%s"' % self.mirror]
         if segment_bytes:
             lines.append('segment_bytes = %d' % segment_bytes)
         with open(os.path.join(self.netdir, 'cln-replica.toml'), 'w') as f:

@@ -19,7 +19,9 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -27,7 +29,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from realnode import (  # noqa: E402
     Background, Env, Failure, Payer, RpcError, compare_dbs, connect, data_version, db_snapshot, journal_status,
-    journal_tip, log, pipe_bytes_pending, restore, run, table_counts, verify, wait_channel_normal, wait_for)
+    children_of, journal_tip, log, pipe_bytes_pending, restore, run, table_counts, verify, wait_channel_normal,
+    wait_for)
 
 # The stop of a node with the plugin may take at most this much longer than
 # without it (the issue's bound).
@@ -574,10 +577,93 @@ def run_suite(env, scaled):
         payer.pay(a, b)
         log('peers pay through the restored node')
         wait_all_htlcs(nodes)
+        a.wait_synced()
+        views_at_stop = normalized_views(a)
         timed_stop(a, with_plugin=True)
         check_journal(env, a, 'journal continued on the restored node')
+
+    with Phase('9. a node booted from the mirror'):
+        # After a clean stop the plugin has brought the mirror up to date and
+        # left it as one file: an operator copies it over lightningd.sqlite3.
+        before = views_at_stop
+        if not os.path.exists(a.mirror):
+            raise Failure('no mirror at %s' % a.mirror)
+        copy = os.path.join(env.workdir, 'from-mirror.sqlite3')
+        shutil.copyfile(a.mirror, copy)
+        diffs = compare_dbs(a.db, copy)
+        if diffs:
+            raise Failure('the mirror differs from the node\'s database: %s' % diffs)
+        log('mirror equals the node\'s database table by table (data_version %d)' % data_version(copy))
+        os.rename(a.db, a.db + '.before-mirror')
+        os.rename(copy, a.db)
+        a.start()
+        wait_mesh(a, b, c)
+        a.wait_synced()
+        last = {}
+
+        def same_as_before():
+            last['diffs'] = diff_views(before, normalized_views(a))
+            return not last['diffs']
+        try:
+            wait_for(same_as_before, 'the node on the mirror to show the same channels, funds, invoices and payments',
+                     60, interval=0.2, max_interval=1)
+        except Failure:
+            raise Failure('the node on the mirror shows something else:\n  ' + '\n  '.join(last.get('diffs', [])))
+        SUMMARY['mirror_node'] = 'same ' + ', '.join('%s (%d)' % (k, len(v)) for k, v in before.items())
+        log('node on the mirror: %s' % SUMMARY['mirror_node'])
+        payer.pay(b, c)
+        payer.pay(a, b)
+        log('peers pay through the node booted from the mirror')
+        wait_all_htlcs(nodes)
+
+    with Phase('10. the panel\'s safe shutdown against the real node'):
+        # A failing step (the unmount) stops the sequence before power-off.
+        marker = os.path.join(env.workdir, 'powered-off.json')
+        rc, out = panel_shutdown(env, a, ['false'], marker)
+        if rc == 0 or os.path.exists(marker) or 'not powering off' not in out:
+            raise Failure('a failing unmount did not stop the sequence before power-off (rc %d):\n%s' % (rc, out))
+        log('safe shutdown with a failing unmount: stopped before power-off, as it must')
+        a.start()
+        wait_mesh(a, b, c)
+        payer.pay(b, c)
+        wait_all_htlcs(nodes)
+        # The real sequence; the power-off command records the journal's
+        # state at the moment it runs.
+        rc, out = panel_shutdown(env, a, ['true'], marker)
+        if rc != 0 or not os.path.exists(marker):
+            raise Failure('the safe shutdown failed (rc %d):\n%s' % (rc, out))
+        with open(marker) as f:
+            gens = json.load(f)['journal']['generations']
+        if not gens[-1]['sealed']:
+            raise Failure('the power-off command ran before the journal was sealed: %s' % gens[-1])
+        log('safe shutdown: lightningd stopped, journal sealed at data_version %d before the power-off command'
+            % gens[-1]['last_version'])
+        SUMMARY['panel_shutdown'] = 'sealed at data_version %d before power-off' % gens[-1]['last_version']
+        check_journal(env, a, 'after the panel\'s safe shutdown')
         for x in (b, c):
             x.stop()
+
+
+def panel_shutdown(env, node, unmount, marker):
+    """`cln-replica panel --shutdown-now` on `node`, with `unmount` as the
+    unmount command and a power-off command that writes the journal's status
+    to `marker`. Returns (exit code, output) once lightningd has exited."""
+    conf = os.path.join(env.workdir, 'panel.toml')
+    poweroff = ['sh', '-c', '%s status --from %s --json > %s' % (env.plugin, node.journal, marker)]
+    with open(conf, 'w') as f:
+        f.write('status_file = %s\nlightning_rpc = %s\nseal_timeout_ms = 60000\n'
+                'unmount_command = %s\npoweroff_command = %s\n'
+                '[status_led]\nchip = "gpiochip0"\nline = 0\n[button]\nchip = "gpiochip0"\nline = 1\n'
+                % (json.dumps(node.status_file), json.dumps(node.socket), json.dumps(unmount),
+                   json.dumps(poweroff)))
+    node._remember_children()
+    kids = children_of(node.proc.pid)
+    p = subprocess.run([env.plugin, 'panel', '--config', conf, '--shutdown-now'], capture_output=True, text=True,
+                       timeout=180)
+    node.proc.wait(timeout=60)
+    node._reap(kids)
+    node.proc, node.rpc = None, None
+    return p.returncode, p.stdout + p.stderr
 
     w = SUMMARY['stop_s']['with_plugin']
     wo = SUMMARY['stop_s']['without_plugin']
