@@ -24,6 +24,35 @@ pub struct Args {
     /// Work here instead of a temporary directory (kept afterwards)
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Run the story against real lightningd nodes instead: PATH is the
+    /// directory with a Core Lightning build and the fake regtest chain
+    /// (`../shared/cln`: see its README). Needs python3 with pyln-client and
+    /// this source tree's tests/realnode (the real-node suite, at a small scale).
+    #[arg(long, value_name = "PATH")]
+    lightningd: Option<PathBuf>,
+}
+
+/// The real-node suite, in the source tree this binary was built from.
+const REAL_NODE_SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realnode/suite.py");
+
+fn run_real(cln: &Path, workdir: Option<&Path>) -> Result<ExitCode> {
+    let suite = Path::new(REAL_NODE_SUITE);
+    if !suite.exists() {
+        bail!(
+            "demo --lightningd runs the real-node suite of cln-replica's source tree, and {} is not there: run it \
+             from a checkout (cargo run --release -- demo --lightningd PATH)",
+            suite.display()
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(suite).arg("--plugin").arg(&exe).arg("--shared-cln").arg(cln).args(["--scale", "0.2"]);
+    if let Some(w) = workdir {
+        cmd.arg("--keep").arg("--workdir").arg(w);
+    }
+    println!("cln-replica demo against real lightningd nodes ({})", cln.display());
+    let status = cmd.status().context("cannot run python3 (install it, and `pip install pyln-client`)")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 pub fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -59,6 +88,9 @@ pub fn write_config(node_dir: &Path, journal: &Path) -> Result<Config> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(cln) = &a.lightningd {
+        return run_real(cln, a.workdir.as_deref());
+    }
     let tmp;
     let work = match &a.workdir {
         Some(w) => {
