@@ -220,9 +220,15 @@ fn a_crash_at_every_step_of_offline_compaction_loses_nothing() {
     }
 }
 
-/// Applies changes until the plugin dies (or `max` changes). Returns whether it died.
-fn changes_until_gone(node: &mut SimNode, w: &mut Workload, max: usize) -> bool {
-    for _ in 0..max {
+/// How long a test waits for background work (compaction, retention, the
+/// mirror): generous, for an emulated armv7 on a loaded machine.
+const BACKGROUND: Duration = Duration::from_secs(300);
+
+/// Applies changes until the plugin dies (the background compaction reached
+/// its crash point), or `BACKGROUND` elapses. Returns whether it died.
+fn changes_until_gone(node: &mut SimNode, w: &mut Workload, _max: usize) -> bool {
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while std::time::Instant::now() < deadline {
         match node.apply(&w.next_change()).unwrap() {
             HookOutcome::Continue => {}
             HookOutcome::PluginGone => {
@@ -232,7 +238,6 @@ fn changes_until_gone(node: &mut SimNode, w: &mut Workload, max: usize) -> bool 
             }
             HookOutcome::Refused(why) => panic!("refused: {why}\n{}", node.logs().join("\n")),
         }
-        std::thread::sleep(Duration::from_millis(2));
     }
     false
 }
@@ -251,23 +256,18 @@ fn the_plugin_compacts_on_request_in_the_background_and_switches_at_a_hook() {
     changes(&mut node, &mut w, 200);
     let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
     assert_eq!(answer["result"]["started"], true, "{answer}");
-    let mut switched = false;
-    for _ in 0..500 {
+    // It runs in the background and is adopted at a hook: changes keep coming.
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while compaction_state(&mut node)["compactions"] != 1 && std::time::Instant::now() < deadline {
         changes(&mut node, &mut w, 1);
-        std::thread::sleep(Duration::from_millis(2));
-        if compaction_state(&mut node)["compactions"] == 1 {
-            switched = true;
-            break;
-        }
     }
+    let switched = compaction_state(&mut node)["compactions"] == 1;
     assert!(switched, "{:?}\n{}", compaction_state(&mut node), node.logs().join("\n"));
     changes(&mut node, &mut w, 20);
     s.assert_restores_to(&node);
     // Retention runs in the background after the switch.
-    for _ in 0..100 {
-        if generations(&s).len() == 1 {
-            break;
-        }
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while generations(&s).len() != 1 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let gens = generations(&s);
@@ -282,9 +282,12 @@ fn the_size_threshold_triggers_compaction() {
     let mut node = s.node_with_plugin();
     schema(&mut node);
     let mut w = Workload::new(51);
-    for _ in 0..400 {
+    changes(&mut node, &mut w, 400);
+    // Past the threshold a compaction started in the background; changes
+    // keep coming until a hook has adopted it.
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while compaction_state(&mut node)["compactions"] == 0 && std::time::Instant::now() < deadline {
         changes(&mut node, &mut w, 1);
-        std::thread::sleep(Duration::from_millis(1));
     }
     node.shutdown_plugin().unwrap();
     let gens = generations(&s);
@@ -335,8 +338,10 @@ fn the_age_threshold_triggers_compaction() {
     let mut node = s.node_with_plugin();
     schema(&mut node);
     let mut w = Workload::new(52);
-    let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_millis(2500) {
+    // The generation ages past compact_after_secs while changes come; then a
+    // compaction runs in the background and a hook adopts it.
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while compaction_state(&mut node)["compactions"] == 0 && std::time::Instant::now() < deadline {
         changes(&mut node, &mut w, 1);
         std::thread::sleep(Duration::from_millis(5));
     }
