@@ -69,6 +69,7 @@ pub struct Builder {
     resolver: Resolver<Record>,
     block_bytes: u32,
     segment_bytes: u64,
+    filter: crate::filter::Filter,
     next: RecordLoc,
     next_seq: u64,
     /// Change records read so far.
@@ -129,6 +130,7 @@ impl Builder {
             resolver: Resolver::new(old.header.base_version),
             block_bytes,
             segment_bytes,
+            filter: old.header.filter,
             next: RecordLoc { generation: old.number, segment: 1, offset: block_bytes as u64 },
             next_seq: 1,
             changes: 0,
@@ -223,6 +225,8 @@ impl Builder {
             snapshot_crc32c,
             created_unix_ms: now_unix_ms(),
             segment_bytes: self.segment_bytes,
+            // A roll-up of the old generation: the same records, so the same filter.
+            filter: self.filter,
         };
         writer::write_segment_header(self.device.as_ref(), &seg, &header, self.direct)?;
         // The directory's entries now, off the hook: the switch only renames it.

@@ -5,7 +5,8 @@
 //! (the lightning network directory) or from the path in `CLN_REPLICA_CONFIG`.
 //! Unknown keys are errors, so that a typo never silently disables a setting.
 
-use crate::journal::JournalOptions;
+use crate::filter::Filter;
+use crate::journal::{Compression, JournalOptions};
 use crate::remote::{DestinationConfig, OnTimeout, RemoteSync};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,13 @@ pub struct Config {
     /// What the plugin does when the backup device fails or disappears.
     #[serde(default)]
     pub on_device_lost: DeviceLostPolicy,
+    /// "none" or "caches": leave lightningd's cache tables out of the backup
+    /// (docs/CACHES.md: a restored node must then rescan the chain).
+    #[serde(default)]
+    pub filter: Filter,
+    /// "off" or "zstd": store records compressed when it saves space.
+    #[serde(default)]
+    pub compression: Compression,
     /// Remote destinations (docs/REMOTE.md): the key everything is encrypted
     /// with, from a key file (relative to this file's directory)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +170,8 @@ impl Config {
             shutdown_quiet_ms: default_shutdown_quiet_ms(),
             status_file: None,
             on_device_lost: DeviceLostPolicy::Halt,
+            filter: Filter::None,
+            compression: Compression::default(),
             keep_generations: default_keep_generations(),
             compact_journal_bytes: default_compact_journal_bytes(),
             compact_after_secs: 0,
@@ -234,7 +244,13 @@ impl Config {
     }
 
     pub fn journal_options(&self) -> JournalOptions {
-        JournalOptions { direct_io: self.direct_io, block_bytes: self.block_bytes, segment_bytes: self.segment_bytes }
+        JournalOptions {
+            direct_io: self.direct_io,
+            block_bytes: self.block_bytes,
+            segment_bytes: self.segment_bytes,
+            filter: self.filter,
+            compression: self.compression,
+        }
     }
 
     /// Reads and checks a configuration file; relative paths in it are

@@ -21,6 +21,7 @@ pub mod config;
 pub mod crashpoint;
 pub mod dbcompare;
 pub mod device;
+pub mod filter;
 pub mod inventory;
 pub mod journal;
 pub mod mirror;

@@ -43,7 +43,7 @@ fn stmt(i: u32, pad: usize) -> Vec<String> {
 
 /// A journal of `records` changes in 64 KiB segments of 512-byte blocks.
 fn write_journal(dir: &Path, records: u32) {
-    let opts = JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10 };
+    let opts = JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10, ..Default::default() };
     let mut j = Journal::open(dir, Arc::new(RealDevice), opts).unwrap();
     j.start_generation(&mut |p: &Path| {
         std::fs::File::create(p)?;
@@ -75,7 +75,7 @@ fn scan_and_check(dir: &Path) {
     let _ = Journal::open(
         dir,
         Arc::new(RealDevice),
-        JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10 },
+        JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10, ..Default::default() },
     );
 }
 

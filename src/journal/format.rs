@@ -9,10 +9,15 @@
 //! header.
 
 use crate::device::AlignedBuf;
+use crate::filter::Filter;
 use thiserror::Error;
 
 /// Version of the format described here; stored in every segment header.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of a filtered generation's segments: version 1 plus the
+/// `filter` field. A reader that predates filtering refuses such a segment
+/// instead of restoring a filtered backup without saying so.
+pub const FORMAT_VERSION_FILTERED: u32 = 2;
 
 /// First bytes of a segment file. 0xFF can never occur in UTF-8 text, so no
 /// SQL statement inside a payload can look like a header.
@@ -105,6 +110,8 @@ pub struct SegmentHeader {
     pub created_unix_ms: u64,
     /// Size of the segment file, header block included.
     pub segment_bytes: u64,
+    /// What the generation leaves out (its snapshot and its records alike).
+    pub filter: Filter,
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -126,12 +133,14 @@ impl SegmentHeader {
     // 40  snapshot_bytes   u64
     // 48  created_unix_ms  u64
     // 56  segment_bytes    u64
-    // 64  reserved, zero   [u8; 60]
+    // 64  filter           u32 (format version 2; zero in version 1)
+    // 68  reserved, zero   [u8; 56]
     // 124 crc32c of bytes 0..124
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.filter == Filter::None { FORMAT_VERSION } else { FORMAT_VERSION_FILTERED };
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[12..16].copy_from_slice(&self.block_bytes.to_le_bytes());
         b[16..24].copy_from_slice(&self.generation.to_le_bytes());
         b[24..28].copy_from_slice(&self.segment.to_le_bytes());
@@ -141,6 +150,7 @@ impl SegmentHeader {
         b[40..48].copy_from_slice(&self.snapshot_bytes.to_le_bytes());
         b[48..56].copy_from_slice(&self.created_unix_ms.to_le_bytes());
         b[56..64].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        b[64..68].copy_from_slice(&self.filter.code().to_le_bytes());
         let crc = crc32c::crc32c(&b[..124]);
         b[124..128].copy_from_slice(&crc.to_le_bytes());
         b
@@ -156,9 +166,13 @@ impl SegmentHeader {
             return Err(FormatError::Checksum { stored, computed });
         }
         let version = le_u32(b, 8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_FILTERED {
             return Err(FormatError::Version(version));
         }
+        let filter = match Filter::from_code(le_u32(b, 64)) {
+            Some(f) if (f == Filter::None) == (version == FORMAT_VERSION) => f,
+            _ => return Err(FormatError::Field("filter")),
+        };
         let block_bytes = le_u32(b, 12);
         if !block_bytes.is_power_of_two() || !(512..=1 << 20).contains(&block_bytes) {
             return Err(FormatError::Field("block_bytes"));
@@ -179,6 +193,7 @@ impl SegmentHeader {
             snapshot_bytes: le_u64(b, 40),
             created_unix_ms: le_u64(b, 48),
             segment_bytes: le_u64(b, 56),
+            filter,
         };
         if h.segment == 0 || h.generation == 0 {
             return Err(FormatError::Field("generation/segment"));
@@ -424,9 +439,26 @@ mod tests {
             snapshot_crc32c: 0xdead_beef,
             created_unix_ms: 99,
             segment_bytes: 16 << 20,
+            filter: Filter::None,
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+        assert_eq!(le_u32(&b, 8), FORMAT_VERSION);
+        let filtered = SegmentHeader { filter: Filter::Caches, ..h.clone() };
+        let fb = filtered.encode();
+        assert_eq!(le_u32(&fb, 8), FORMAT_VERSION_FILTERED);
+        assert_eq!(SegmentHeader::decode(&fb).unwrap(), filtered);
+        // A version-1 header with a filter, or an unknown filter, is refused.
+        let mut forged = b;
+        forged[64] = 1;
+        let crc = crc32c::crc32c(&forged[..124]);
+        forged[124..128].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&forged), Err(FormatError::Field("filter")));
+        let mut unknown = fb;
+        unknown[64] = 9;
+        let crc = crc32c::crc32c(&unknown[..124]);
+        unknown[124..128].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&unknown), Err(FormatError::Field("filter")));
         let mut bad = b;
         bad[30] ^= 4;
         assert!(matches!(SegmentHeader::decode(&bad), Err(FormatError::Checksum { .. })));

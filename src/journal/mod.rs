@@ -16,8 +16,10 @@ pub mod writer;
 pub use reader::{Generation, JournalError, Record, RecordLoc};
 pub use writer::{Journal, SnapshotMade};
 
+use crate::filter::Filter;
 use crate::state::Tip;
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use std::sync::{Condvar, Mutex};
 
 /// How the journal writes.
@@ -33,12 +35,35 @@ pub struct JournalOptions {
     pub block_bytes: u32,
     /// Size of each preallocated segment file.
     pub segment_bytes: u64,
+    /// What new generations leave out (a generation keeps the filter it
+    /// started with: see docs/CACHES.md).
+    pub filter: Filter,
+    /// Whether records may be stored compressed (decided per record).
+    pub compression: Compression,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { direct_io: true, block_bytes: 4096, segment_bytes: 16 << 20 }
+        JournalOptions {
+            direct_io: true,
+            block_bytes: 4096,
+            segment_bytes: 16 << 20,
+            filter: Filter::None,
+            compression: Compression::Off,
+        }
     }
+}
+
+/// `compression` in cln-replica.toml: how records are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Every record is stored as is.
+    #[default]
+    Off,
+    /// A record is stored zstd-compressed when that makes it take fewer
+    /// blocks on the device (docs/FORMAT.md).
+    Zstd,
 }
 
 impl JournalOptions {

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn opts(segment_bytes: u64) -> JournalOptions {
-    JournalOptions { direct_io: true, block_bytes: 4096, segment_bytes }
+    JournalOptions { direct_io: true, block_bytes: 4096, segment_bytes, ..Default::default() }
 }
 
 fn open(dir: &Path, segment_bytes: u64) -> Journal {

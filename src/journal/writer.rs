@@ -577,6 +577,7 @@ impl Journal {
             snapshot_crc32c,
             created_unix_ms: now_unix_ms(),
             segment_bytes: self.opts.segment_bytes.next_multiple_of(block_bytes as u64),
+            filter: self.opts.filter,
         };
         let r = create_segment(self.device.as_ref(), &tmp_dir, &header, self.opts.direct_io);
         io_step(r, self)?;

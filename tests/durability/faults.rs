@@ -246,7 +246,7 @@ fn journal_poisoning_at_the_journal_level() {
     let base = scratch();
     let root = base.path();
     let fault = FaultDevice::new(Arc::new(RealDevice), root);
-    let opts = JournalOptions { direct_io: true, block_bytes: 4096, segment_bytes: 64 << 10 };
+    let opts = JournalOptions { direct_io: true, block_bytes: 4096, segment_bytes: 64 << 10, ..Default::default() };
     let mut j = Journal::open(&root.join("j"), Arc::new(fault.clone()), opts).unwrap();
     j.start_generation(&mut |p: &Path| {
         std::fs::File::create(p)?;
