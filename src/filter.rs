@@ -105,10 +105,11 @@ pub fn table_written(statement: &str) -> Option<&str> {
         w.name()?
     } else if first.eq_ignore_ascii_case("UPDATE") {
         let save = w.rest;
-        if w.word()?.eq_ignore_ascii_case("OR") {
-            w.word()?;
-        } else {
-            w.rest = save;
+        match w.word() {
+            Some(or) if or.eq_ignore_ascii_case("OR") => {
+                w.word()?;
+            }
+            _ => w.rest = save,
         }
         w.name()?
     } else if first.eq_ignore_ascii_case("DELETE") {
