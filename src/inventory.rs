@@ -14,6 +14,8 @@ pub struct GenerationSummary {
     /// "compacted" (rolled up from the previous generation).
     pub base: &'static str,
     pub base_version: u32,
+    /// What the generation leaves out: "none" or "caches" (docs/CACHES.md).
+    pub filter: &'static str,
     pub created_unix_ms: u64,
     pub snapshot_bytes: u64,
     pub segments: usize,
@@ -72,6 +74,7 @@ pub fn summarize_generation(g: &Generation) -> GenerationSummary {
         generation: g.number,
         base: g.header.base_kind.name(),
         base_version: g.header.base_version,
+        filter: g.header.filter.name(),
         created_unix_ms: g.header.created_unix_ms,
         snapshot_bytes: g.header.snapshot_bytes,
         segments: g.segments.len(),

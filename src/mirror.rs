@@ -423,6 +423,10 @@ pub struct MirrorRestoreReport {
     /// The mirror could not be continued (another history, or missing) and
     /// was rebuilt from the generation's snapshot.
     pub rebuilt: bool,
+    /// What the backup left out, and where a node on it must rescan from
+    /// (as in [`crate::restore::RestoreReport`]).
+    pub filter: &'static str,
+    pub rescan_from_height: Option<u32>,
 }
 
 /// Brings a copy of the mirror to the newest journal version and puts it at
@@ -462,6 +466,8 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
         f.close()?;
         let conn = Connection::open(&tmp)?;
         replay::check_database(&conn, v, true)?;
+        let filter = newest.header.filter;
+        let rescan = crate::restore::rescan_from_height(&conn, filter)?;
         drop(conn);
         replay::sync_file_and_dir(&tmp)?;
         std::fs::rename(&tmp, to).with_context(|| format!("cannot rename {} to {}", tmp.display(), to.display()))?;
@@ -472,6 +478,8 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
             data_version: v,
             generation: newest.number,
             rebuilt,
+            filter: filter.name(),
+            rescan_from_height: rescan,
         })
     })();
     replay::remove_if_exists(&tmp_sidecar);

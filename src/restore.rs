@@ -7,6 +7,7 @@
 //! place: an interrupted restore never leaves a half-built database under
 //! the destination's name.
 
+use crate::filter::Filter;
 use crate::journal::reader::{self, Generation};
 use crate::replay;
 use anyhow::{bail, Context, Result};
@@ -39,6 +40,51 @@ pub struct RestoreReport {
     pub torn_tail_ignored: bool,
     pub bytes: u64,
     pub seconds: f64,
+    /// What the backup left out ("none" or "caches").
+    pub filter: &'static str,
+    /// For a filtered backup: start lightningd once with `--rescan=-H`, H
+    /// this height, so it rebuilds the tables left out (docs/CACHES.md).
+    pub rescan_from_height: Option<u32>,
+}
+
+/// The height a node restored from a backup that left out `filter`'s tables
+/// must rescan from: lightningd keeps the block it is given and processes
+/// every block after it again, so one below the first block the node ever
+/// processed rebuilds the caches of all of them. `None` when nothing was
+/// left out or the node has no block yet.
+pub fn rescan_from_height(conn: &rusqlite::Connection, filter: Filter) -> Result<Option<u32>> {
+    if filter == Filter::None {
+        return Ok(None);
+    }
+    let has_blocks: bool =
+        conn.query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'", [], |r| {
+            r.get(0)
+        })?;
+    if !has_blocks {
+        return Ok(None);
+    }
+    let min: Option<u32> = conn.query_row("SELECT MIN(height) FROM blocks", [], |r| r.get(0))?;
+    Ok(min.map(|h| h.saturating_sub(1)))
+}
+
+/// What an operator must do with a database restored from a filtered backup.
+pub fn filtered_note(filter: &str, rescan_from_height: Option<u32>) -> Option<String> {
+    if filter == Filter::None.name() {
+        return None;
+    }
+    let tables = Filter::Caches.tables().join(", ");
+    Some(match rescan_from_height {
+        Some(h) => format!(
+            "this backup is filtered (filter = \"{filter}\"): it left out {tables}, which lightningd rebuilds from \
+             the chain. Start lightningd ONCE with --rescan=-{h} (it processes the blocks after {h} again; the \
+             Bitcoin backend must still have them: a pruned bitcoind may not). Without it, the node rejects gossip \
+             about channels funded in the blocks it knows. See docs/CACHES.md"
+        ),
+        None => format!(
+            "this backup is filtered (filter = \"{filter}\"): it left out {tables}; the node has processed no block \
+             yet, so there is nothing to rescan"
+        ),
+    })
 }
 
 /// Picks the generation to restore from: for `at`, the newest whose base is
@@ -165,6 +211,8 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
             }
         }
         replay::check_database(&conn, outcome.data_version, true)?;
+        let filter = generation.header.filter;
+        let rescan = rescan_from_height(&conn, filter).context("cannot read the restored database's blocks")?;
         conn.close().map_err(|(_, e)| e).context("cannot close the restored database")?;
         replay::sync_file_and_dir(&tmp)?;
         std::fs::rename(&tmp, &opts.to)
@@ -180,6 +228,8 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
             torn_tail_ignored: outcome.torn_tail.is_some(),
             bytes: std::fs::metadata(&opts.to).map(|m| m.len()).unwrap_or(0),
             seconds: started.elapsed().as_secs_f64(),
+            filter: filter.name(),
+            rescan_from_height: rescan,
         })
     })();
     if result.is_err() {

@@ -7,6 +7,7 @@
 //! copy's `vars.data_version` against the version the state machine expects
 //! (pair assertion: the check is made on what was written, not on the source).
 
+use crate::filter::Filter;
 use crate::journal::format::BaseKind;
 use crate::journal::SnapshotMade;
 use anyhow::{bail, Context, Result};
@@ -43,8 +44,9 @@ pub fn data_version(conn: &Connection) -> Result<Option<u32>> {
 /// Copies the committed state of the live database at `db` to `dest`, which
 /// must then hold data_version `expected`. A database that does not exist yet,
 /// or has no schema yet (the first hook creates it), gives an empty snapshot,
-/// valid only when `expected` is 0.
-pub fn copy_live(db: &Path, dest: &Path, expected: u32) -> Result<SnapshotMade> {
+/// valid only when `expected` is 0. The tables `filter` leaves out are
+/// emptied in the copy.
+pub fn copy_live(db: &Path, dest: &Path, expected: u32, filter: Filter) -> Result<SnapshotMade> {
     let empty = |why: &str| -> Result<SnapshotMade> {
         if expected != 0 {
             bail!(
@@ -83,17 +85,39 @@ pub fn copy_live(db: &Path, dest: &Path, expected: u32) -> Result<SnapshotMade> 
             got.map_or("none".to_string(), |v| v.to_string())
         );
     }
+    leave_out(&dst, filter).with_context(|| format!("cannot filter the snapshot of {}", db.display()))?;
     dst.close().map_err(|(_, e)| e).context("cannot close the snapshot")?;
     Ok(SnapshotMade { base_kind: BaseKind::Snapshot, base_version: expected })
 }
 
+/// Empties the tables `filter` leaves out, and gives their pages back
+/// (VACUUM), so the snapshot is as small as the journal's records are.
+/// Nothing refers to a cache table (docs/CACHES.md), so deleting its rows
+/// cascades nowhere; foreign keys stay off in this connection regardless.
+pub fn leave_out(conn: &Connection, filter: Filter) -> Result<()> {
+    if filter.tables().is_empty() {
+        return Ok(());
+    }
+    for t in filter.tables() {
+        let exists: bool =
+            conn.query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| {
+                r.get(0)
+            })?;
+        if exists {
+            conn.execute_batch(&format!("DELETE FROM \"{t}\";"))?;
+        }
+    }
+    conn.execute_batch("VACUUM;")?;
+    Ok(())
+}
+
 /// Copies a database file that nobody is writing (lightningd stopped) for
 /// `cln-replica init`: the same backup API, with whatever version it holds.
-pub fn copy_stopped(db: &Path, dest: &Path) -> Result<SnapshotMade> {
+pub fn copy_stopped(db: &Path, dest: &Path, filter: Filter) -> Result<SnapshotMade> {
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .with_context(|| format!("cannot open {} read-only", db.display()))?;
     match data_version(&src)? {
-        None => copy_live(db, dest, 0),
-        Some(v) => copy_live(db, dest, v),
+        None => copy_live(db, dest, 0, filter),
+        Some(v) => copy_live(db, dest, v, filter),
     }
 }

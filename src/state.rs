@@ -91,6 +91,10 @@ pub enum NewGenerationReason {
     /// lightningd committed `missed` changes the journal never saw (it ran
     /// without the plugin), after the journal's last version `after`.
     Gap { after: u32, missed: u32 },
+    /// The configuration's `filter` differs from the current generation's:
+    /// a generation has one filter, so a new one starts (decided by the
+    /// engine, not by [`decide`]).
+    FilterChanged { from: crate::filter::Filter, to: crate::filter::Filter },
 }
 
 /// The database is at `lightningd` while the journal already holds the

@@ -4,6 +4,7 @@
 
 use crate::config::{self, Config};
 use crate::device::RealDevice;
+use crate::filter::Filter;
 use crate::journal::Journal;
 use crate::snapshot;
 use anyhow::{bail, Context, Result};
@@ -29,6 +30,16 @@ pub struct Args {
     /// Replace an existing cln-replica.toml, and start a new generation in a journal that has one
     #[arg(long)]
     force: bool,
+    /// Leave lightningd's cache tables out of the backup (`caches`; a restored node must rescan:
+    /// docs/CACHES.md)
+    #[arg(long, value_enum, default_value = "none")]
+    filter: FilterArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FilterArg {
+    None,
+    Caches,
 }
 
 /// The network directory and the pid file lightningd locks while it runs.
@@ -63,7 +74,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("{} exists; use --force to replace it", config_path.display());
     }
     let journal_dir = std::path::absolute(&a.journal).context("cannot resolve --journal")?;
-    let cfg = Config::new(journal_dir.clone());
+    let mut cfg = Config::new(journal_dir.clone());
+    cfg.filter = match a.filter {
+        FilterArg::None => Filter::None,
+        FilterArg::Caches => Filter::Caches,
+    };
+    let filter = cfg.filter;
     let db = net_dir.join(&cfg.database);
     let mut journal = Journal::open(&journal_dir, Arc::new(RealDevice), cfg.journal_options())?;
     if journal.generation() != 0 && !a.force {
@@ -75,9 +91,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     let g = if db.exists() {
-        journal.start_generation(&mut |dest: &Path| snapshot::copy_stopped(&db, dest))?
+        journal.start_generation(&mut |dest: &Path| snapshot::copy_stopped(&db, dest, filter))?
     } else {
-        journal.start_generation(&mut |dest: &Path| snapshot::copy_live(&db, dest, 0))?
+        journal.start_generation(&mut |dest: &Path| snapshot::copy_live(&db, dest, 0, filter))?
     };
     {
         use std::io::Write;

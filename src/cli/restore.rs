@@ -56,6 +56,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 r.mirror_data_version.map_or("none".into(), |v| v.to_string()),
                 if r.rebuilt { ", rebuilt from the journal's newest snapshot" } else { "" }
             );
+            if let Some(note) = crate::restore::filtered_note(r.filter, r.rescan_from_height) {
+                println!("IMPORTANT: {note}");
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -120,6 +123,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         if report.torn_tail_ignored {
             println!("note: a torn record after the last acknowledged change was ignored (a power cut mid-write)");
+        }
+        if let Some(note) = crate::restore::filtered_note(report.filter, report.rescan_from_height) {
+            println!("IMPORTANT: {note}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -81,6 +81,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             super::bytes(g.disk_bytes),
             super::bytes(g.record_bytes)
         );
+        if g.filter != crate::filter::Filter::None.name() {
+            println!(
+                "    filtered (filter = \"{}\"): leaves out {}; a node restored from it must rescan (docs/CACHES.md)",
+                g.filter,
+                crate::filter::Filter::Caches.tables().join(", ")
+            );
+        }
         if let Some(e) = &g.error {
             println!("    PROBLEM: {e} (run `cln-replica verify`)");
         }

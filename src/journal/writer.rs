@@ -22,6 +22,7 @@ use super::layout;
 use super::reader::Generation;
 use super::{JournalOptions, Progress};
 use crate::device::{self, AlignedBuf, Device, DeviceFile};
+use crate::filter::Filter;
 use crate::state::{tip_after, CallKind, Tip};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::{self, File};
@@ -373,8 +374,32 @@ impl Journal {
         self.preparer.request(a.generation, a.dir.clone(), header);
     }
 
-    /// Appends a change: the hook's hot path. Returns once the record is durable.
+    /// What the current generation leaves out (what the next one will, if
+    /// there is none yet).
+    pub fn filter(&self) -> Filter {
+        self.active.as_ref().map_or(self.opts.filter, |a| a.base.filter)
+    }
+
+    /// Appends a change: the hook's hot path. Returns once the record is
+    /// durable. The statements the generation's filter leaves out are not
+    /// stored; with no filter nothing is copied.
     pub fn append<S: AsRef<str>>(&mut self, data_version: u32, kind: CallKind, statements: &[S]) -> Result<Appended> {
+        let filter = self.filter();
+        if filter == Filter::None {
+            return self.append_kept(data_version, kind, statements);
+        }
+        let kept: Vec<&str> = statements.iter().map(AsRef::as_ref).filter(|s| filter.keeps(s)).collect();
+        // The filter drops only statements on cache tables, never lightningd's
+        // data_version increment that ends a transaction (a `vars` UPDATE):
+        // without it the record could not be told from an in-place call.
+        assert!(
+            kind != CallKind::Txn || kept.last().copied() == statements.last().map(AsRef::as_ref),
+            "the filter must keep a transaction's closing increment"
+        );
+        self.append_kept(data_version, kind, &kept)
+    }
+
+    fn append_kept<S: AsRef<str>>(&mut self, data_version: u32, kind: CallKind, statements: &[S]) -> Result<Appended> {
         let payload_bytes = format::payload_bytes(statements);
         if payload_bytes > RECORD_PAYLOAD_BYTES_MAX as usize {
             bail!(

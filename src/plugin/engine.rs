@@ -14,7 +14,7 @@ use crate::device::Device;
 use crate::journal::Journal;
 use crate::remote::shipper::{RemoteOptions, Replicator};
 use crate::snapshot;
-use crate::state::{self, Decision, NewGenerationReason};
+use crate::state::{self, CallKind, Decision, NewGenerationReason};
 use crate::status::{LatencyRing, PluginState, StatusBoard};
 use anyhow::{Context, Result};
 use std::os::unix::fs::MetadataExt;
@@ -363,8 +363,18 @@ impl Engine {
         let kind = state::classify(n, &call.writes).map_err(anyhow::Error::msg)?;
         self.adopt_compacted()?;
         let journal = self.journal.as_mut().expect("journal opened by ensure_ready");
+        let filter = self.config.as_ref().expect("config loaded").filter;
         let mut new_generation = false;
-        match state::decide(journal.tip(), n, kind) {
+        let decision = match state::decide(journal.tip(), n, kind) {
+            // lightningd's committed database is at n - 1: a snapshot there
+            // starts a generation with the configured filter.
+            Decision::Append if kind == CallKind::Txn && journal.filter() != filter => Decision::NewGeneration {
+                reason: NewGenerationReason::FilterChanged { from: journal.filter(), to: filter },
+                snapshot_version: n.wrapping_sub(1),
+            },
+            d => d,
+        };
+        match decision {
             Decision::Append => {}
             Decision::Supersede => self.out.log(
                 "info",
@@ -394,9 +404,19 @@ impl Engine {
                              taking a new snapshot at data_version {snapshot_version}"
                         ),
                     ),
+                    NewGenerationReason::FilterChanged { from, to } => self.out.log(
+                        "info",
+                        &format!(
+                            "filter changed from \"{}\" to \"{}\": generation {} keeps its filter; taking a new \
+                             snapshot at data_version {snapshot_version}",
+                            from.name(),
+                            to.name(),
+                            journal.generation()
+                        ),
+                    ),
                 }
-                let g =
-                    journal.start_generation(&mut |dest: &Path| snapshot::copy_live(&db, dest, snapshot_version))?;
+                let g = journal
+                    .start_generation(&mut |dest: &Path| snapshot::copy_live(&db, dest, snapshot_version, filter))?;
                 self.out.log("info", &format!("generation {g} started at data_version {snapshot_version}"));
                 new_generation = true;
             }
