@@ -453,11 +453,12 @@ class Node:
     def socket(self):
         return os.path.join(self.netdir, 'lightning-rpc')
 
-    def write_replica_config(self, segment_bytes=None):
+    def write_replica_config(self, segment_bytes=None, extra=()):
         lines = ['journal = "%s"' % self.journal, 'status_file = "%s"' % self.status_file,
                  'mirror = "%s"' % self.mirror]
         if segment_bytes:
             lines.append('segment_bytes = %d' % segment_bytes)
+        lines.extend(extra)
         with open(os.path.join(self.netdir, 'cln-replica.toml'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
 

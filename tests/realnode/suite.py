@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from realnode import (  # noqa: E402
     Background, Env, Failure, Payer, RpcError, compare_dbs, connect, data_version, db_snapshot, journal_status,
     children_of, journal_tip, log, pipe_bytes_pending, restore, run, table_counts, verify, wait_channel_normal,
-    wait_for)
+    wait_for, wait_gossip)
 
 # The stop of a node with the plugin may take at most this much longer than
 # without it (the issue's bound).
@@ -61,8 +62,9 @@ class Phase:
 # ---------------------------------------------------------------------------
 # The check.
 
-def check_journal(env, node, label):
-    """node is stopped or dead: the journal restores to exactly its database.
+def check_journal(env, node, label, filtered=False):
+    """node is stopped or dead: the journal restores to exactly its database
+    (with `utxoset` empty if the backup is filtered: filter = "caches").
 
     After a crash the last acknowledged change may not have been committed
     (lightningd died between the hook and COMMIT): the journal is then one
@@ -82,6 +84,11 @@ def check_journal(env, node, label):
         raise Failure('%s: the journal (data_version %d) is %d ahead of the database (%d)' % (label, tip, ahead, dv))
     rest = os.path.join(env.workdir, 'check-%s-restored.sqlite3' % label)
     rep = restore(env, node.journal, rest, at=dv if ahead else None)
+    if rep['filter'] != ('caches' if filtered else 'none'):
+        raise Failure('%s: the restore says filter %s' % (label, rep['filter']))
+    if filtered:
+        with sqlite3.connect(snap) as conn:
+            conn.execute('DELETE FROM utxoset')
     diffs = compare_dbs(snap, rest)
     if diffs:
         raise Failure('%s: the restored database differs from the node\'s:\n  %s' % (label, '\n  '.join(diffs[:30])))
@@ -616,7 +623,10 @@ def run_suite(env, scaled):
         log('peers pay through the node booted from the mirror')
         wait_all_htlcs(nodes)
 
-    with Phase('10. the panel\'s safe shutdown against the real node'):
+    with Phase('10. a node restored from a filtered backup (filter = "caches")'):
+        filtered_backup(env, scaled, payer, a, b, c)
+
+    with Phase('11. the panel\'s safe shutdown against the real node'):
         # A failing step (the unmount) stops the sequence before power-off.
         marker = os.path.join(env.workdir, 'powered-off.json')
         rc, out = panel_shutdown(env, a, ['false'], marker)
@@ -643,6 +653,140 @@ def run_suite(env, scaled):
         for x in (b, c):
             x.stop()
 
+    w = SUMMARY['stop_s']['with_plugin']
+    wo = SUMMARY['stop_s']['without_plugin']
+    SUMMARY['payments'] = json.dumps(payer.counts, sort_keys=True)
+    if max(w) > max(wo) + STOP_OVERHEAD_LIMIT_S:
+        raise Failure('a clean stop with the plugin took %.2f s, without %.2f s: more than %.0f s longer'
+                      % (max(w), max(wo), STOP_OVERHEAD_LIMIT_S))
+
+
+def utxoset_rows(db):
+    """The rows of `utxoset`, read the way a second process reads lightningd's
+    database while it runs."""
+    conn = sqlite3.connect('file:%s?mode=ro' % db, uri=True, timeout=10)
+    try:
+        return sorted(conn.execute('SELECT * FROM utxoset').fetchall())
+    finally:
+        conn.close()
+
+
+def public_channels(node, utxos):
+    """The public channels `node` knows whose funding output is unspent in
+    `utxos` (rows of utxoset). A closed channel stays in the gossip store for
+    a while but is not announced again: a node with a new gossip store never
+    learns it, rightly."""
+    unspent = {'%dx%dx%d' % (r[2], r[4], r[1]) for r in utxos if r[3] is None}
+    return sorted({ch['short_channel_id'] for ch in node.rpc.listchannels()['channels']} & unspent)
+
+
+def filtered_backup(env, scaled, payer, a, b, c):
+    """Issue 9's proof: with filter = "caches" the backup leaves `utxoset`
+    out; a node restored from it and started once with the --rescan the
+    restore names rebuilds it from the chain, catches up, shows the same
+    channels, funds, invoices and payments, validates its peers' gossip again
+    (its gossip_store is gone too, as with a dead SD card), and its peers pay
+    through it."""
+    nodes = (a, b, c)
+    a.stop()
+    a.write_replica_config(SEGMENT_BYTES, extra=['filter = "caches"'])
+    offset = a.log_size()
+    a.start()
+    wait_mesh(a, b, c)
+    # A public channel b-c funded after the switch: its funding output (a
+    # P2WSH) reaches a's utxoset only in changes the filter leaves out, and a
+    # validates the channel's announcement against that row.
+    connect(b, c)
+    b.rpc.fundchannel(c.id, 300_000)
+    mine_and_sync(env, nodes, 6)
+    wait_channel_normal(b, c)
+    scid_bc = [ch['short_channel_id'] for ch in b.channels(c) if ch['state'] == 'CHANNELD_NORMAL'][0]
+    wait_gossip(a, scid_bc)
+    switched = log_lines(a, r'filter changed from "none" to "caches"', offset)
+    if not switched:
+        raise Failure('the plugin did not start a filtered generation after the filter was switched on')
+    log('plugin: %s' % switched[0].strip()[-200:])
+    payments(payer, a, b, c, scaled(20), 'filtered backup', with_expired=False)
+    datastore_work(a, 'filtered')
+    wait_all_htlcs(nodes)
+    a.wait_synced()
+    before = normalized_views(a)
+    channels_before = public_channels(a, utxoset_rows(a.db))
+    timed_stop(a, with_plugin=True)
+    check_journal(env, a, 'filtered generation', filtered=True)
+    utxo_before = utxoset_rows(a.db)
+    if scid_bc not in channels_before:
+        raise Failure('a does not list the b-c channel %s among %s' % (scid_bc, channels_before))
+    if not any(r[2] == int(scid_bc.split('x')[0]) for r in utxo_before):
+        raise Failure('the b-c funding output is not in a\'s utxoset: the test would prove nothing')
+    restored = os.path.join(env.workdir, 'restored-filtered.sqlite3')
+    rep = restore(env, a.journal, restored)
+    height = rep.get('rescan_from_height')
+    if rep['filter'] != 'caches' or height is None or utxoset_rows(restored):
+        raise Failure('restore of the filtered backup: %s' % rep)
+    status = run([env.plugin, 'status', '--from', a.journal]).stdout
+    if 'filtered (filter = "caches")' not in status:
+        raise Failure('status does not say the backup is filtered:\n%s' % status)
+    log('filtered restore: utxoset empty in the restored database (the node had %d rows); restore says '
+        '--rescan=-%d' % (len(utxo_before), height))
+    os.rename(a.db, a.db + '.before-filtered-restore')
+    os.rename(restored, a.db)
+    gossip_store = os.path.join(a.netdir, 'gossip_store')
+    if os.path.exists(gossip_store):
+        os.unlink(gossip_store)
+    a.start(extra=['--rescan=-%d' % height])
+    wait_mesh(a, b, c)
+    tip = env.height()
+    a.wait_synced(tip)
+    last = {}
+
+    def same():
+        last['diffs'] = diff_views(before, normalized_views(a))
+        return not last['diffs']
+    try:
+        wait_for(same, 'the node restored from the filtered backup to show the same channels, funds, invoices and '
+                 'payments', 120, interval=0.2, max_interval=1)
+    except Failure:
+        raise Failure('the node restored from the filtered backup shows something else:\n  '
+                      + '\n  '.join(last.get('diffs', [])))
+
+    def rebuilt():
+        last['utxo'] = utxoset_rows(a.db)
+        return last['utxo'] == utxo_before
+    try:
+        wait_for(rebuilt, 'the rescan to rebuild utxoset', 120, interval=0.2, max_interval=1)
+    except Failure:
+        now = last.get('utxo', [])
+        raise Failure('utxoset after the rescan: %d rows against %d before; only before: %s; only after: %s'
+                      % (len(now), len(utxo_before), [r for r in utxo_before if r not in now][:3],
+                         [r for r in now if r not in utxo_before][:3]))
+
+    def gossip():
+        last['chans'] = public_channels(a, utxo_before)
+        return last['chans'] == channels_before
+    try:
+        wait_for(gossip, 'the public channels to be validated again', 180, interval=0.5, max_interval=2)
+    except Failure:
+        raise Failure('public channels after the restore: %s, before: %s' % (last.get('chans'), channels_before))
+    payer.pay(b, c)
+    payer.pay(c, b)
+    payer.keysend(b, c)
+    payer.pay(a, b)
+    wait_all_htlcs(nodes)
+    SUMMARY['filtered_restore'] = ('utxoset left out (%d rows), rebuilt by --rescan=-%d to the same %d rows; same %s; '
+                                   '%d public channels validated again; peers pay through it'
+                                   % (len(utxo_before), height, len(utxo_before),
+                                      ', '.join('%s (%d)' % (k, len(v)) for k, v in before.items()),
+                                      len(channels_before)))
+    log('filtered restore: %s' % SUMMARY['filtered_restore'])
+    timed_stop(a, with_plugin=True)
+    check_journal(env, a, 'filtered generation after the restored node ran', filtered=True)
+    # The rest of the suite runs unfiltered again: the next start begins a
+    # generation whose snapshot holds the rebuilt utxoset.
+    a.write_replica_config(SEGMENT_BYTES)
+    a.start()
+    wait_mesh(a, b, c)
+
 
 def panel_shutdown(env, node, unmount, marker):
     """`cln-replica panel --shutdown-now` on `node`, with `unmount` as the
@@ -664,13 +808,6 @@ def panel_shutdown(env, node, unmount, marker):
     node._reap(kids)
     node.proc, node.rpc = None, None
     return p.returncode, p.stdout + p.stderr
-
-    w = SUMMARY['stop_s']['with_plugin']
-    wo = SUMMARY['stop_s']['without_plugin']
-    SUMMARY['payments'] = json.dumps(payer.counts, sort_keys=True)
-    if max(w) > max(wo) + STOP_OVERHEAD_LIMIT_S:
-        raise Failure('a clean stop with the plugin took %.2f s, without %.2f s: more than %.0f s longer'
-                      % (max(w), max(wo), STOP_OVERHEAD_LIMIT_S))
 
 
 if __name__ == '__main__':
