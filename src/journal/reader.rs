@@ -103,13 +103,14 @@ impl Generation {
             }
             if let Some(first) = segments.first() {
                 let h = &first.header;
-                if (h.block_bytes, h.base_kind, h.base_version, h.snapshot_bytes, h.snapshot_crc32c)
+                if (h.block_bytes, h.base_kind, h.base_version, h.snapshot_bytes, h.snapshot_crc32c, h.filter)
                     != (
                         header.block_bytes,
                         header.base_kind,
                         header.base_version,
                         header.snapshot_bytes,
                         header.snapshot_crc32c,
+                        header.filter,
                     )
                 {
                     return Err(mismatch("its base differs from segment 1's"));
