@@ -552,7 +552,9 @@ mod tests {
     }
 
     fn sql(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("INSERT INTO channel_htlcs (id, channel_id, state) VALUES ({i}, 7, 'SENT_ADD_HTLC');")).collect()
+        (0..n)
+            .map(|i| format!("INSERT INTO channel_htlcs (id, channel_id, state) VALUES ({i}, 7, 'SENT_ADD_HTLC');"))
+            .collect()
     }
 
     #[test]

@@ -221,7 +221,10 @@ impl Record {
 
     fn corrupt(&self, e: FormatError) -> JournalError {
         let how = if self.header.is_compressed() { "compressed record" } else { "record" };
-        JournalError::Corrupt { loc: self.loc, detail: format!("{how} for data_version {}: {e}", self.header.data_version) }
+        JournalError::Corrupt {
+            loc: self.loc,
+            detail: format!("{how} for data_version {}: {e}", self.header.data_version),
+        }
     }
 
     /// The change payload (statement count and statements), decompressed if

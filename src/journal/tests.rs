@@ -371,7 +371,11 @@ fn compression_is_decided_per_record() {
     let incompressible = vec![format!("INSERT INTO t VALUES (3, '{}');", noise(3, 7000)), stmt(3, 0)[1].clone()];
     let appended = j.append(1, CallKind::Txn, &big).unwrap();
     let plain_blocks = (super::format::record_disk_bytes(super::format::payload_bytes(&big), 4096) / 4096) as u64;
-    assert!(appended.disk_bytes / 4096 < plain_blocks, "{} blocks stored, {plain_blocks} plain", appended.disk_bytes / 4096);
+    assert!(
+        appended.disk_bytes / 4096 < plain_blocks,
+        "{} blocks stored, {plain_blocks} plain",
+        appended.disk_bytes / 4096
+    );
     j.append(2, CallKind::Txn, &small).unwrap();
     j.append(3, CallKind::Txn, &incompressible).unwrap();
     j.append(3, CallKind::InPlace, &["PRAGMA foreign_keys = ON;"]).unwrap();
