@@ -69,7 +69,11 @@ pub struct Config {
     /// (docs/CACHES.md: a restored node must then rescan the chain).
     #[serde(default)]
     pub filter: Filter,
-    /// "off" or "zstd": store records compressed when it saves space.
+    /// "zstd" (the default) or "off": store a change of more than one block
+    /// zstd-compressed when that saves blocks (docs/COMPRESSION.md). Only new
+    /// records are affected; the journal reads both kinds either way. A
+    /// journal with compressed records needs a cln-replica that knows the
+    /// flag to read it (docs/FORMAT.md).
     #[serde(default)]
     pub compression: Compression,
     /// Remote destinations (docs/REMOTE.md): the key everything is encrypted
@@ -300,6 +304,11 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = Config::parse("journal = \"/mnt/lnbackup/cln-replica\"\n").unwrap();
         assert_eq!(c, Config::new("/mnt/lnbackup/cln-replica".into()));
+        assert_eq!(c.compression, Compression::Zstd);
+        assert_eq!(c.journal_options().compression, Compression::Zstd);
+        let off = Config::parse("journal = \"/j\"\ncompression = \"off\"\n").unwrap();
+        assert_eq!(off.journal_options().compression, Compression::Off);
+        assert!(Config::parse("journal = \"/j\"\ncompression = \"lz4\"\n").is_err());
         assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
     }
 

@@ -193,3 +193,71 @@ fn replay_into_temp(g: &Generation) -> Result<u32> {
     replay::check_database(&conn, outcome.data_version, true)?;
     Ok(outcome.data_version)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{AlignedBuf, RealDevice};
+    use crate::journal::format::{self, BaseKind, RECORD_HEADER_BYTES};
+    use crate::journal::{Compression, Journal, JournalOptions, SnapshotMade};
+    use crate::state::{CallKind, INCREMENT_PREFIX};
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    fn change(v: u32, pad: usize) -> Vec<String> {
+        let mut s = vec![];
+        if v == 1 {
+            s.push(
+                "CREATE TABLE vars (name TEXT, val TEXT, intval INTEGER); CREATE TABLE t (k INTEGER, v TEXT);".into(),
+            );
+            s.push("INSERT INTO vars VALUES ('data_version', NULL, 0);".into());
+        }
+        s.push(format!("INSERT INTO t VALUES ({v}, '{}');", "ab".repeat(pad)));
+        s.push(format!("{INCREMENT_PREFIX}{}", v - 1));
+        s
+    }
+
+    /// A compressed record whose checksum matches but whose payload does not
+    /// decompress is damage at its location, like any other.
+    #[test]
+    fn a_compressed_record_that_does_not_decompress_is_damage_at_its_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JournalOptions { compression: Compression::Zstd, ..Default::default() };
+        let mut j = Journal::open(dir.path(), Arc::new(RealDevice), opts).unwrap();
+        j.start_generation(&mut |p: &Path| {
+            std::fs::File::create(p)?;
+            Ok(SnapshotMade { base_kind: BaseKind::Empty, base_version: 0 })
+        })
+        .unwrap();
+        for v in 1..=3 {
+            j.append(v, CallKind::Txn, &change(v, 10_000)).unwrap();
+        }
+        drop(j);
+        let clean = verify(dir.path(), true).unwrap();
+        assert!(clean.ok(), "{:?}", clean.problems);
+        assert_eq!(clean.replayed_to, Some(3));
+
+        let g = Generation::open(dir.path(), 1).unwrap();
+        let recs: Vec<_> = g.records().map(Result::unwrap).collect();
+        assert!(recs.iter().all(|r| r.header.is_compressed()), "the changes are stored compressed");
+        // Record 2 rewritten with a valid CRC over a payload that is not zstd.
+        let victim = &recs[1];
+        let mut garbage = victim.payload.clone();
+        garbage[..4].copy_from_slice(b"SQL!");
+        let mut buf = AlignedBuf::with_capacity(0);
+        let n = format::encode_record_stored(&mut buf, g.block_bytes(), &victim.header, &garbage);
+        assert_eq!(n as u64, victim.header.disk_bytes(g.block_bytes()));
+        let f = std::fs::OpenOptions::new().write(true).open(&g.segments[0].path).unwrap();
+        f.write_all_at(&buf[..n], victim.loc.offset).unwrap();
+        drop(f);
+        assert!(format::check_record(&buf[..RECORD_HEADER_BYTES + garbage.len()]).is_ok());
+
+        let report = verify(dir.path(), true).unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        let p = &report.problems[0];
+        assert_eq!((p.generation, p.data_version), (Some(1), Some(2)));
+        assert_eq!(p.location.as_deref(), Some(victim.loc.to_string().as_str()));
+        assert!(p.detail.contains("compressed record") && p.detail.contains("not a zstd frame"), "{}", p.detail);
+        assert_eq!(report.generations[0].records, 3, "the scan goes on past it");
+    }
+}

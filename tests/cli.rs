@@ -91,3 +91,53 @@ fn status_lists_what_the_journal_holds_as_text_and_json() {
     let t = text(&o);
     assert!(o.status.success() && t.contains(&node.data_version().to_string()), "{t}");
 }
+
+/// The same changes through the plugin, with `compression` set to `value`.
+fn backed_up_with(value: &str) -> (Setup, cln_replica::sim::SimNode) {
+    let s = Setup::new(&format!("compression = {value:?}\n"));
+    let mut node = s.node_with_plugin();
+    for c in Workload::schema() {
+        expect_continue(node.apply(&c).unwrap(), &node);
+    }
+    let mut w = Workload::new(33);
+    for i in 0..60 {
+        // Now and then a change of several blocks, which zstd stores compressed.
+        let c = if i % 10 == 5 { w.big_change(12_000 * (i / 10 + 1)) } else { w.next_change() };
+        expect_continue(node.apply(&c).unwrap(), &node);
+    }
+    node.shutdown_plugin().unwrap();
+    (s, node)
+}
+
+#[test]
+fn a_compressed_journal_restores_and_verifies_like_a_plain_one() {
+    let mut restored = vec![];
+    let mut journal_bytes = vec![];
+    for value in ["off", "zstd"] {
+        let (s, node) = backed_up_with(value);
+        let journal = s.journal.to_str().unwrap().to_string();
+        let gens = cln_replica::journal::reader::generations(&s.journal).unwrap();
+        let records: Vec<_> = gens[0].records().map(Result::unwrap).collect();
+        let compressed = records.iter().filter(|r| r.header.is_compressed()).count();
+        assert_eq!(compressed > 0, value == "zstd", "{value}: {compressed} records stored compressed");
+        journal_bytes.push(records.iter().map(|r| r.header.disk_bytes(gens[0].block_bytes())).sum::<u64>());
+
+        let o = run(&["verify", "--from", &journal, "--json"]);
+        assert!(o.status.success(), "{value}: {}", text(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["replayed_to"], node.data_version(), "{value}");
+
+        let to = s.path("restored.sqlite3");
+        let o = run(&["restore", "--from", &journal, "--to", to.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{value}: {}", text(&o));
+        let live = s.path("live.sqlite3");
+        node.copy_database(&live).unwrap();
+        assert!(cln_replica::dbcompare::compare_files(&live, &to).unwrap().is_empty(), "{value}");
+        restored.push((s, to));
+    }
+    assert!(
+        cln_replica::dbcompare::compare_files(&restored[0].1, &restored[1].1).unwrap().is_empty(),
+        "both journals restore the same database"
+    );
+    assert!(journal_bytes[1] < journal_bytes[0], "compressed records take fewer blocks: {journal_bytes:?}");
+}

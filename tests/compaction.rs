@@ -220,6 +220,38 @@ fn a_crash_at_every_step_of_offline_compaction_loses_nothing() {
     }
 }
 
+/// Offline compaction carries the pending change into the new generation as
+/// stored: a compressed record stays compressed, byte for byte.
+#[test]
+fn compaction_carries_a_compressed_record_as_stored() {
+    let s = Setup::new("keep_generations = 2\ncompression = \"zstd\"\n");
+    let mut node = s.node_with_plugin();
+    schema(&mut node);
+    let mut w = Workload::new(45);
+    changes(&mut node, &mut w, 30);
+    // The last change, large and acknowledged, is pending when the node dies.
+    let Change::Txn(stmts) = w.big_change(60_000) else { panic!() };
+    node.crash_after_hook(&stmts).unwrap();
+    w.undo();
+    let o = compact_cli(&s, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gens = cln_replica::journal::reader::generations(&s.journal).unwrap();
+    assert_eq!(gens.len(), 2);
+    let last_change = |g: &cln_replica::journal::Generation| {
+        g.records().map(Result::unwrap).filter(|r| cln_replica::journal::reader::is_change(&r.header)).last().unwrap()
+    };
+    let (old, new) = (last_change(&gens[0]), last_change(&gens[1]));
+    assert!(old.header.is_compressed(), "the large change is stored compressed");
+    assert_eq!((new.header.flags, new.header.data_version), (old.header.flags, old.header.data_version));
+    assert_eq!(new.payload, old.payload, "carried byte for byte");
+    let carried = new.statements().unwrap();
+    assert!(carried.len() == stmts.len() + 1 && carried[..stmts.len()] == stmts, "the change, then the increment");
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    changes(&mut node, &mut w, 5);
+    node.shutdown_plugin().unwrap();
+    s.assert_restores_to(&node);
+}
+
 /// How long a test waits for background work (compaction, retention, the
 /// mirror): generous, for an emulated armv7 on a loaded machine.
 const BACKGROUND: Duration = Duration::from_secs(300);

@@ -14,7 +14,7 @@ use cln_replica::device::fault::{Cut, FaultDevice};
 use cln_replica::device::RealDevice;
 use cln_replica::journal::format::{self, BaseKind, RECORD_HEADER_BYTES};
 use cln_replica::journal::reader;
-use cln_replica::journal::{layout, Journal, JournalOptions, SnapshotMade};
+use cln_replica::journal::{layout, Compression, Journal, JournalOptions, SnapshotMade};
 use cln_replica::plugin::engine::Engine;
 use cln_replica::plugin::protocol::{Frame, FrameReader, Output};
 use cln_replica::state::{CallKind, INCREMENT_PREFIX};
@@ -41,9 +41,17 @@ fn stmt(i: u32, pad: usize) -> Vec<String> {
     vec![format!("INSERT INTO t VALUES ({i}, '{}');", "é".repeat(pad)), format!("{INCREMENT_PREFIX}{}", i - 1)]
 }
 
-/// A journal of `records` changes in 64 KiB segments of 512-byte blocks.
-fn write_journal(dir: &Path, records: u32) {
-    let opts = JournalOptions { direct_io: false, block_bytes: 512, segment_bytes: 64 << 10, ..Default::default() };
+/// A journal of `records` changes in 64 KiB segments of 512-byte blocks;
+/// with compression, most of them are stored compressed (they span blocks
+/// and compress well).
+fn write_journal(dir: &Path, records: u32, compression: Compression) {
+    let opts = JournalOptions {
+        direct_io: false,
+        block_bytes: 512,
+        segment_bytes: 64 << 10,
+        compression,
+        ..Default::default()
+    };
     let mut j = Journal::open(dir, Arc::new(RealDevice), opts).unwrap();
     j.start_generation(&mut |p: &Path| {
         std::fs::File::create(p)?;
@@ -104,10 +112,11 @@ proptest! {
     fn damaged_journals_never_panic_or_yield_bad_records(
         records in 1u32..60,
         damages in proptest::collection::vec((0usize..4, damage()), 1..6),
+        zstd in any::<bool>(),
     ) {
         let dir = scratch();
         let j = dir.path().join("j");
-        write_journal(&j, records);
+        write_journal(&j, records, if zstd { Compression::Zstd } else { Compression::Off });
         let gen_dir = layout::generation_dir(&j, 1);
         let segments = layout::list_segments(&gen_dir).unwrap();
         for (which, d) in damages {
@@ -134,7 +143,7 @@ proptest! {
     fn arbitrary_segment_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..20_000), records in 0u32..3) {
         let dir = scratch();
         let j = dir.path().join("j");
-        write_journal(&j, records.max(1));
+        write_journal(&j, records.max(1), Compression::Zstd);
         let path = layout::segment_path(&layout::generation_dir(&j, 1), 1);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&body, 512 * (records as u64 + 1)).unwrap();
@@ -152,6 +161,40 @@ proptest! {
         }
         let _ = format::decode_statements(&bytes);
         let _ = format::SegmentHeader::decode(&bytes);
+        let _ = format::decompress_payload(&bytes);
+        // Past the magic check, into zstd's frame parser.
+        let framed: Vec<u8> = [0x28, 0xB5, 0x2F, 0xFD].iter().chain(&bytes).copied().collect();
+        if let Ok(p) = format::decompress_payload(&framed) {
+            prop_assert!(p.len() <= format::RECORD_PAYLOAD_BYTES_MAX as usize);
+        }
+    }
+
+    /// A real compressed payload, damaged behind a checksum that matches (a
+    /// writer bug or a forged record): an error or the statements, never a
+    /// panic, never more than a record may hold.
+    #[test]
+    fn damaged_compressed_payloads_never_panic(
+        n in 1usize..40,
+        damages in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let statements: Vec<String> = (0..n).map(|i| format!("INSERT INTO t VALUES ({i}, '{}');", "é".repeat(i * 7))).collect();
+        let mut plain = (statements.len() as u32).to_le_bytes().to_vec();
+        for s in &statements {
+            plain.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            plain.extend_from_slice(s.as_bytes());
+        }
+        let mut z = zstd::bulk::compress(&plain, 1).unwrap();
+        prop_assert_eq!(format::decompress_payload(&z).unwrap(), plain);
+        for (at, x) in damages {
+            let i = at % z.len();
+            z[i] ^= x;
+        }
+        z.truncate(cut % (z.len() + 1));
+        if let Ok(p) = format::decompress_payload(&z) {
+            prop_assert!(p.len() <= format::RECORD_PAYLOAD_BYTES_MAX as usize);
+            let _ = format::decode_statements(&p);
+        }
     }
 
     /// The config parser on arbitrary text and on near-valid TOML.

@@ -200,6 +200,30 @@ fn file_destination_restores_the_node_and_refuses_tampering_by_name() {
 }
 
 #[test]
+fn compressed_records_ship_and_restore_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, key) = setup(&file_destination(&dest), "compression = \"zstd\"\n");
+    let mut node = start(&s);
+    let mut w = Workload::new(12);
+    for i in 0..40 {
+        let c = if i % 8 == 3 { w.big_change(40_000) } else { w.next_change() };
+        expect_continue(node.apply(&c).unwrap(), &node);
+    }
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    let (st, _) = node.shutdown_plugin().unwrap();
+    assert!(st.success());
+    let gens = cln_replica::journal::reader::generations(&s.journal).unwrap();
+    let compressed = gens.iter().flat_map(|g| g.records().map(|r| r.unwrap().header.is_compressed())).filter(|&z| z);
+    assert!(compressed.count() >= 5, "the big changes are stored compressed");
+    let url = format!("file://{}", dest.display());
+    let restored = restore_from(&s, &url, &key, "compressed.sqlite3").unwrap();
+    assert_same_as_node(&s, &node, &restored);
+    let o = cli(&["verify", "--from", &url, "--key-file", key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
 fn background_shipping_survives_an_outage_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("nas");

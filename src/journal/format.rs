@@ -38,8 +38,16 @@ pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 128 << 20;
 /// Without it the record is a PRAGMA-only call replayed in place, outside any
 /// transaction, at the current data_version N.
 pub const FLAG_TXN: u8 = 0b0000_0001;
+/// Record flag: the stored payload is one zstd frame, declaring its content
+/// size, of the change payload ([`decompress_payload`]). Set only on change
+/// records, and only when it makes the record take fewer blocks. An addition
+/// to version 1: a reader that predates it refuses the record
+/// ([`FormatError::UnknownFlags`]) rather than misreading it.
+pub const FLAG_ZSTD: u8 = 0b0000_0010;
 /// Mask of every flag this version understands.
-pub const FLAGS_KNOWN: u8 = FLAG_TXN;
+pub const FLAGS_KNOWN: u8 = FLAG_TXN | FLAG_ZSTD;
+/// The first four bytes of a zstd frame (RFC 8878), little-endian.
+const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -278,6 +286,11 @@ impl RecordHeader {
         self.flags & FLAG_TXN != 0
     }
 
+    /// The stored payload is zstd-compressed ([`FLAG_ZSTD`]).
+    pub fn is_compressed(&self) -> bool {
+        self.flags & FLAG_ZSTD != 0
+    }
+
     /// Bytes the record occupies on disk: header and payload rounded up to
     /// whole blocks.
     pub fn disk_bytes(&self, block_bytes: u32) -> u64 {
@@ -311,6 +324,9 @@ pub fn check_record(bytes: &[u8]) -> Result<RecordHeader, FormatError> {
     }
     if h.kind == RecordKind::Seal && h.payload_bytes != 0 {
         return Err(FormatError::Field("seal record with a payload"));
+    }
+    if h.kind == RecordKind::Seal && h.is_compressed() {
+        return Err(FormatError::Field("seal record flagged as compressed"));
     }
     Ok(h)
 }
@@ -351,6 +367,53 @@ pub fn encode_record<S: AsRef<str>>(
         crc32c::crc32c_append(crc32c::crc32c(&buf[..40]), &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len]);
     buf[40..44].copy_from_slice(&crc.to_le_bytes());
     total
+}
+
+/// Encodes a record whose stored payload is given as is (compressed or not,
+/// as `header.flags` say): how the writer stores a compressed change, and how
+/// compaction copies a record byte for byte. Returns the bytes to write.
+pub fn encode_record_stored(buf: &mut AlignedBuf, block_bytes: u32, header: &RecordHeader, stored: &[u8]) -> usize {
+    assert_eq!(stored.len(), header.payload_bytes as usize, "payload_bytes must match the stored payload");
+    assert!(header.kind == RecordKind::Change || stored.is_empty(), "a seal has no payload");
+    let total = record_disk_bytes(stored.len(), block_bytes);
+    buf.reset_zeroed(total);
+    header.encode_into(&mut buf[..RECORD_HEADER_BYTES]);
+    buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + stored.len()].copy_from_slice(stored);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..40]), stored);
+    buf[40..44].copy_from_slice(&crc.to_le_bytes());
+    total
+}
+
+/// The change payload inside a [`FLAG_ZSTD`] record's stored payload. Runs
+/// after the CRC matched, so a failure here is a bug in a writer or a forged
+/// record, never a torn write; it is an error, never a panic, and never an
+/// allocation larger than a record may hold: the frame must declare its
+/// content size, at most [`RECORD_PAYLOAD_BYTES_MAX`], and decompress to
+/// exactly that (a small frame cannot claim gigabytes).
+pub fn decompress_payload(stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+    if stored.get(..4) != Some(&ZSTD_FRAME_MAGIC[..]) {
+        return Err(FormatError::Payload("compressed payload is not a zstd frame"));
+    }
+    // Exactly one frame: zstd would otherwise decode concatenated frames too.
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => {}
+        Ok(_) => return Err(FormatError::Payload("bytes after the zstd frame")),
+        Err(_) => return Err(FormatError::Payload("malformed zstd frame")),
+    }
+    let declared = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(FormatError::Payload("zstd frame does not declare its content size")),
+        Err(_) => return Err(FormatError::Payload("malformed zstd frame header")),
+    };
+    if declared > RECORD_PAYLOAD_BYTES_MAX as u64 {
+        return Err(FormatError::Payload("zstd frame declares more than a record may hold"));
+    }
+    let out = zstd::bulk::decompress(stored, declared as usize)
+        .map_err(|_| FormatError::Payload("zstd frame does not decompress"))?;
+    if out.len() as u64 != declared {
+        return Err(FormatError::Payload("zstd frame decompresses to another size than it declares"));
+    }
+    Ok(out)
 }
 
 /// Splits a change payload into its statements, borrowing from `payload`.
@@ -473,6 +536,129 @@ mod tests {
         assert!(decode_statements(&[1, 0, 0, 0, 2, 0, 0, 0, 0xff, 0xfe]).is_err());
         assert!(decode_statements(&[0, 0, 0, 0, 1]).is_err());
         assert_eq!(decode_statements(&[0, 0, 0, 0]).unwrap(), Vec::<&str>::new());
+    }
+
+    /// A change record stored compressed, as the writer stores it.
+    fn compressed(stmts: &[String], block: u32) -> (AlignedBuf, RecordHeader, Vec<u8>) {
+        let mut plain_rec = AlignedBuf::with_capacity(0);
+        let h = header(payload_bytes(stmts) as u32);
+        encode_record(&mut plain_rec, block, &h, stmts);
+        let plain = plain_rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.payload_bytes as usize].to_vec();
+        let z = zstd::bulk::compress(&plain, 1).unwrap();
+        let hz = RecordHeader { flags: h.flags | FLAG_ZSTD, payload_bytes: z.len() as u32, ..h };
+        let mut buf = AlignedBuf::with_capacity(0);
+        encode_record_stored(&mut buf, block, &hz, &z);
+        (buf, hz, plain)
+    }
+
+    fn sql(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("INSERT INTO channel_htlcs (id, channel_id, state) VALUES ({i}, 7, 'SENT_ADD_HTLC');"))
+            .collect()
+    }
+
+    #[test]
+    fn compressed_record_round_trip() {
+        let stmts = sql(200);
+        let (buf, hz, plain) = compressed(&stmts, 4096);
+        assert!(buf.len() < record_disk_bytes(plain.len(), 4096), "fewer blocks compressed");
+        let got = check_record(&buf).unwrap();
+        assert_eq!(got, hz);
+        assert!(got.is_compressed() && got.is_txn());
+        let stored = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + hz.payload_bytes as usize];
+        let back = decompress_payload(stored).unwrap();
+        assert_eq!(back, plain);
+        assert_eq!(decode_statements(&back).unwrap(), stmts);
+    }
+
+    #[test]
+    fn every_single_bit_flip_of_a_compressed_record_is_detected() {
+        let (buf, hz, _) = compressed(&sql(40), 512);
+        let end = RECORD_HEADER_BYTES + hz.payload_bytes as usize;
+        let clean: Vec<u8> = buf.to_vec();
+        for bit in 0..end * 8 {
+            let mut b = clean.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(check_record(&b).is_err(), "flip of bit {bit} went unnoticed");
+        }
+    }
+
+    /// A hand-made zstd frame: single segment, the given declared content
+    /// size (8-byte field), one RLE block repeating `b'x'` `rle` times.
+    fn frame(declared: Option<u64>, rle: u32) -> Vec<u8> {
+        let mut f = ZSTD_FRAME_MAGIC.to_vec();
+        match declared {
+            Some(n) => {
+                f.push(0b1110_0000); // FCS field 8 bytes, single segment
+                f.extend_from_slice(&n.to_le_bytes());
+            }
+            None => f.extend_from_slice(&[0, 0]), // no FCS; window descriptor 1 KiB
+        }
+        let block = 1 | (1 << 1) | (rle << 3); // last block, RLE
+        f.extend_from_slice(&block.to_le_bytes()[..3]);
+        f.push(b'x');
+        f
+    }
+
+    #[test]
+    fn decompression_is_bounded_and_checked() {
+        assert_eq!(decompress_payload(&frame(Some(5), 5)).unwrap(), b"xxxxx");
+        assert_eq!(
+            decompress_payload(&frame(Some(RECORD_PAYLOAD_BYTES_MAX as u64 + 1), 1)),
+            Err(FormatError::Payload("zstd frame declares more than a record may hold"))
+        );
+        assert_eq!(
+            decompress_payload(&frame(Some(1 << 40), 1)),
+            Err(FormatError::Payload("zstd frame declares more than a record may hold"))
+        );
+        assert_eq!(
+            decompress_payload(&frame(None, 5)),
+            Err(FormatError::Payload("zstd frame does not declare its content size"))
+        );
+        // Declares 100, holds 5 (and the other way round).
+        assert!(decompress_payload(&frame(Some(100), 5)).is_err());
+        assert!(decompress_payload(&frame(Some(5), 100)).is_err());
+        let mut two = frame(Some(5), 5);
+        two.extend_from_slice(&frame(Some(5), 5));
+        assert_eq!(decompress_payload(&two), Err(FormatError::Payload("bytes after the zstd frame")));
+        let f = frame(Some(5), 5);
+        for cut in 0..f.len() {
+            assert!(decompress_payload(&f[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_valid_crc_over_a_payload_that_is_not_zstd_is_an_error() {
+        let stmts = sql(3);
+        let h = header(payload_bytes(&stmts) as u32);
+        let mut plain = AlignedBuf::with_capacity(0);
+        encode_record(&mut plain, 512, &h, &stmts);
+        let payload = plain[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.payload_bytes as usize].to_vec();
+        let forged = RecordHeader { flags: h.flags | FLAG_ZSTD, ..h };
+        let mut buf = AlignedBuf::with_capacity(0);
+        encode_record_stored(&mut buf, 512, &forged, &payload);
+        assert!(check_record(&buf).unwrap().is_compressed(), "the CRC matches: only decompression can tell");
+        assert_eq!(decompress_payload(&payload), Err(FormatError::Payload("compressed payload is not a zstd frame")));
+        let mut garbage = ZSTD_FRAME_MAGIC.to_vec();
+        garbage.extend_from_slice(&[0xff; 64]);
+        assert!(decompress_payload(&garbage).is_err());
+        assert!(decompress_payload(&[]).is_err());
+    }
+
+    #[test]
+    fn a_compressed_seal_and_unknown_flags_are_refused() {
+        let seal = RecordHeader { kind: RecordKind::Seal, flags: FLAG_TXN | FLAG_ZSTD, ..header(0) };
+        let mut buf = AlignedBuf::with_capacity(0);
+        encode_record_stored(&mut buf, 512, &seal, &[]);
+        assert_eq!(check_record(&buf), Err(FormatError::Field("seal record flagged as compressed")));
+        // What a reader from before FLAG_ZSTD said about it, and what this one
+        // says about the next flag.
+        let next = RecordHeader { flags: 0b100, ..header(0) };
+        let mut buf = AlignedBuf::with_capacity(0);
+        encode_record_stored(&mut buf, 512, &next, &[]);
+        let err = check_record(&buf).unwrap_err();
+        assert_eq!(err, FormatError::UnknownFlags(0b100));
+        assert!(err.to_string().contains("newer cln-replica"), "{err}");
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct JournalOptions {
     /// What new generations leave out (a generation keeps the filter it
     /// started with: see docs/CACHES.md).
     pub filter: Filter,
-    /// Whether records may be stored compressed (decided per record).
+    /// Whether records may be stored compressed (decided per record; the
+    /// journal reads both kinds whatever this says).
     pub compression: Compression,
 }
 
@@ -49,20 +50,22 @@ impl Default for JournalOptions {
             block_bytes: 4096,
             segment_bytes: 16 << 20,
             filter: Filter::None,
-            compression: Compression::Off,
+            compression: Compression::default(),
         }
     }
 }
 
-/// `compression` in cln-replica.toml: how records are stored.
+/// `compression` in cln-replica.toml: how new records are stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// Every record is stored as is.
-    #[default]
     Off,
-    /// A record is stored zstd-compressed when that makes it take fewer
-    /// blocks on the device (docs/FORMAT.md).
+    /// The default: a change of more than one block is stored zstd-compressed
+    /// when that makes it take fewer blocks on the device (docs/FORMAT.md).
+    /// One-block changes, most of a node's, are never compressed, so they
+    /// cost nothing; the measurements are in docs/COMPRESSION.md.
+    #[default]
     Zstd,
 }
 

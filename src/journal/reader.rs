@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use thiserror::Error;
 
 /// Where a record sits in the journal.
@@ -201,7 +202,12 @@ fn read_valid_record(
 pub struct Record {
     pub header: RecordHeader,
     pub loc: RecordLoc,
+    /// The payload as stored: zstd-compressed when the header says so (see
+    /// [`Record::change_payload`] for the change payload itself).
     pub payload: Vec<u8>,
+    /// The decompressed change payload of a compressed record, made on first
+    /// use: scanning (finding the tip, following the writer) never needs it.
+    plain: OnceLock<Vec<u8>>,
 }
 
 impl Record {
@@ -210,15 +216,38 @@ impl Record {
         RecordLoc { offset: self.loc.offset + self.header.disk_bytes(block_bytes), ..self.loc }
     }
 
+    pub fn new(header: RecordHeader, loc: RecordLoc, payload: Vec<u8>) -> Record {
+        Record { header, loc, payload, plain: OnceLock::new() }
+    }
+
+    fn corrupt(&self, e: FormatError) -> JournalError {
+        let how = if self.header.is_compressed() { "compressed record" } else { "record" };
+        JournalError::Corrupt {
+            loc: self.loc,
+            detail: format!("{how} for data_version {}: {e}", self.header.data_version),
+        }
+    }
+
+    /// The change payload (statement count and statements), decompressed if
+    /// the record is stored compressed. A compressed record that does not
+    /// decompress is damage at the record's location, like a bad statement.
+    pub fn change_payload(&self) -> Result<&[u8], JournalError> {
+        if !self.header.is_compressed() {
+            return Ok(&self.payload);
+        }
+        if let Some(p) = self.plain.get() {
+            return Ok(p);
+        }
+        let plain = format::decompress_payload(&self.payload).map_err(|e| self.corrupt(e))?;
+        Ok(self.plain.get_or_init(|| plain))
+    }
+
     /// The statements of a change (none for a seal).
     pub fn statements(&self) -> Result<Vec<&str>, JournalError> {
         if self.header.kind == RecordKind::Seal {
             return Ok(vec![]);
         }
-        format::decode_statements(&self.payload).map_err(|e| JournalError::Corrupt {
-            loc: self.loc,
-            detail: format!("record for data_version {}: {e}", self.header.data_version),
-        })
+        format::decode_statements(self.change_payload()?).map_err(|e| self.corrupt(e))
     }
 
     pub fn call_kind(&self) -> CallKind {
@@ -391,7 +420,7 @@ impl<'g> RecordScanner<'g> {
             self.expected_seq = Some(h.seq + 1);
             self.last = Some(h);
             self.next = RecordLoc { generation: loc.generation, segment: loc.segment, offset: self.offset };
-            return Ok(Some(Record { header: h, loc, payload }));
+            return Ok(Some(Record::new(h, loc, payload)));
         }
     }
 }

@@ -28,7 +28,7 @@ fn bed() -> Bed {
     let node = base.path().join("node");
     std::fs::create_dir_all(&root).unwrap();
     let journal = root.join("journal");
-    configure(&node, &journal, 64 << 10);
+    configure(&node, &journal, 64 << 10, "zstd");
     let fault = FaultDevice::new(Arc::new(RealDevice), &root);
     let mut ln = Lightningd::open(&node, Arc::new(fault.clone()), Some(fault.clone()));
     for c in Workload::schema() {

@@ -58,12 +58,15 @@ pub fn db_path(dir: &Path) -> PathBuf {
     dir.join("lightningd.sqlite3")
 }
 
-/// Writes the plugin's configuration into a node directory.
-pub fn configure(node_dir: &Path, journal: &Path, segment_bytes: u64) {
+/// Writes the plugin's configuration into a node directory; `compression`
+/// is the key's value, "zstd" or "off".
+pub fn configure(node_dir: &Path, journal: &Path, segment_bytes: u64, compression: &str) {
     std::fs::create_dir_all(node_dir).unwrap();
     std::fs::write(
         node_dir.join("cln-replica.toml"),
-        format!("journal = {journal:?}\nsegment_bytes = {segment_bytes}\nblock_bytes = 4096\n"),
+        format!(
+            "journal = {journal:?}\nsegment_bytes = {segment_bytes}\nblock_bytes = 4096\ncompression = {compression:?}\n"
+        ),
     )
     .unwrap();
 }

@@ -64,6 +64,16 @@ fn is_fresh(seed: u64) -> bool {
     seed == 0
 }
 
+/// Even seeds store their large changes compressed, odd seeds plain (a
+/// reboot picks by its own seed, so a rebooted journal may mix both kinds).
+fn compression(seed: u64) -> &'static str {
+    if seed.is_multiple_of(2) {
+        "zstd"
+    } else {
+        "off"
+    }
+}
+
 struct Run {
     _base: tempfile::TempDir,
     log: Vec<Event>,
@@ -84,7 +94,7 @@ fn record_run(seed: u64, changes: usize) -> Run {
     let copies = base.path().join("copies");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&copies).unwrap();
-    configure(&node, &root.join("journal"), SEGMENT_BYTES);
+    configure(&node, &root.join("journal"), SEGMENT_BYTES, compression(seed));
     let fault = FaultDevice::new(Arc::new(RealDevice), &root);
     fault.record();
     let mut ln = Lightningd::open(&node, Arc::new(fault.clone()), Some(fault.clone()));
@@ -111,6 +121,7 @@ fn record_run(seed: u64, changes: usize) -> Run {
     expect_continue(&ln, a, "create table");
     let mut w = Workload::new(seed);
     let mut key = 0u64;
+    let mut large = 0;
     for _ in 0..changes {
         key += 1;
         match rng.below(100) {
@@ -121,6 +132,7 @@ fn record_run(seed: u64, changes: usize) -> Run {
                 let s = format!("INSERT INTO durability_blobs VALUES ({key}, x'{}')", hex(&mut rng, bytes));
                 let a = ln.txn(&[s], false);
                 expect_continue(&ln, a, "large change");
+                large += 1;
             }
             // lightningd dies between the hook and COMMIT, restarts, and
             // sends the same data_version with other content.
@@ -155,9 +167,24 @@ fn record_run(seed: u64, changes: usize) -> Run {
         }
     }
     ln.stop_plugin();
+    // The run exercised the storage its configuration asked for.
+    let compressed = compressed_records(&root.join("journal"));
+    match compression(seed) {
+        "zstd" => assert!(large == 0 || compressed > 0, "seed {seed}: {large} large changes, none compressed"),
+        _ => assert_eq!(compressed, 0, "seed {seed}: compression is off"),
+    }
     let notes = ln.notes.clone();
     drop(ln);
     Run { _base: base, log: fault.take_log(), notes, initial_hash }
+}
+
+/// How many records of the journal are stored compressed.
+fn compressed_records(journal: &Path) -> usize {
+    let gens = cln_replica::journal::reader::generations(journal).unwrap();
+    gens.iter()
+        .flat_map(|g| g.records().map(|r| r.unwrap().header.is_compressed()).collect::<Vec<_>>())
+        .filter(|&z| z)
+        .count()
 }
 
 /// What lightningd had seen when the power went: the states a restore may
@@ -284,7 +311,7 @@ fn check(stats: &mut Stats, tracker: &Tracker, outcome: &Restored, what: &str) {
 fn reboot(img: &Path, tracker: &Tracker, scratch: &Path, seed: u64) -> Result<(), String> {
     let node = scratch.join("reboot-node");
     let _ = std::fs::remove_dir_all(&node);
-    configure(&node, &img.join("journal"), SEGMENT_BYTES);
+    configure(&node, &img.join("journal"), SEGMENT_BYTES, compression(seed));
     if let Some(db) = &tracker.committed_db {
         std::fs::copy(db, db_path(&node)).map_err(|e| e.to_string())?;
     }
