@@ -106,8 +106,23 @@ fn check_generation(g: &Generation, problems: &mut Vec<Problem>) -> GenerationCh
             }
             continue;
         }
-        if let Err(e) = rec.statements() {
-            problems.push(problem(Some(g.number), Some(v), Some(rec.loc.to_string()), e.to_string()));
+        match rec.statements() {
+            Err(e) => problems.push(problem(Some(g.number), Some(v), Some(rec.loc.to_string()), e.to_string())),
+            // A filtered generation's records hold nothing its filter leaves out.
+            Ok(stmts) => {
+                if let Some(s) = stmts.iter().find(|s| !g.header.filter.keeps(s)) {
+                    problems.push(problem(
+                        Some(g.number),
+                        Some(v),
+                        Some(rec.loc.to_string()),
+                        format!(
+                            "generation filtered with \"{}\" holds a statement its filter leaves out: {}",
+                            g.header.filter.name(),
+                            s.chars().take(80).collect::<String>()
+                        ),
+                    ));
+                }
+            }
         }
         if let Err(d) = resolver.push(v, rec.call_kind(), (), |_, _, _| {}) {
             problems.push(problem(Some(g.number), Some(v), Some(rec.loc.to_string()), d.to_string()));

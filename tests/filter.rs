@@ -222,3 +222,27 @@ fn a_filtered_snapshot_is_emptied_and_vacuumed_and_compaction_keeps_the_filter()
     assert_eq!(count(&newest.snapshot_path(), "SELECT COUNT(*) FROM utxoset"), 0);
     assert_same(&node_without_caches(&s, &node, "expected.sqlite3"), &s.restore(None).unwrap());
 }
+
+#[test]
+fn verify_names_a_cache_statement_in_a_filtered_generation() {
+    // An unfiltered journal whose segment headers are then rewritten to say
+    // "caches": what a bug in the filter (or tampering) would leave.
+    let s = Setup::new("");
+    let mut node = s.node_with_plugin();
+    for c in Workload::schema() {
+        expect_continue(node.apply(&c).unwrap(), &node);
+    }
+    changes(&mut node, &mut Workload::new(93), 200);
+    node.shutdown_plugin().unwrap();
+    let g = reader::Generation::open(&s.journal, 1).unwrap();
+    for seg in &g.segments {
+        let mut bytes = std::fs::read(&seg.path).unwrap();
+        let h = cln_replica::journal::format::SegmentHeader { filter: Filter::Caches, ..seg.header.clone() };
+        bytes[..cln_replica::journal::format::SEGMENT_HEADER_BYTES].copy_from_slice(&h.encode());
+        std::fs::write(&seg.path, bytes).unwrap();
+    }
+    let report = cln_replica::verify::verify(&s.journal, false).unwrap();
+    let found: Vec<_> = report.problems.iter().filter(|p| p.detail.contains("its filter leaves out")).collect();
+    assert!(!found.is_empty(), "{:?}", report.problems);
+    assert!(found[0].detail.contains("utxoset") && found[0].location.is_some(), "{:?}", found[0]);
+}
