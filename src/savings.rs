@@ -12,9 +12,13 @@
 //! - snapshot bytes: the snapshot of the generation `cln-replica compact`
 //!   makes at the end (what a new generation would hold), and that file
 //!   zstd-compressed at the level remote shipping uses;
-//! - hook latency beside the floor: raw O_DIRECT 4 KiB writes + fdatasync
-//!   into preallocated space in the same directory, measured just before each
-//!   combination's replay.
+//! - hook latency beside the floor: raw O_DIRECT writes of the sizes the
+//!   journal's records took (up to `floor_samples` of them, evenly spaced),
+//!   each followed by fdatasync, into preallocated space in the same
+//!   directory, right after each combination's replay.
+//!
+//! The simulated node's database lives in `nodes_dir`, off the measured
+//! device, as lightningd's does on the appliance.
 //!
 //! Used by `cln-replica bench --trace` and its test; the printing lives in
 //! `src/cli/bench.rs`.
@@ -110,8 +114,12 @@ pub struct Row {
 }
 
 pub struct Options {
-    /// Where journals, nodes and the floor file go (the device measured).
+    /// Where the journals and the floor file go (the device measured).
     pub dir: PathBuf,
+    /// Where the simulated nodes' databases go: lightningd's own disk, not
+    /// the backup device, as on the appliance (SQLite's commits on the
+    /// journal's device would be measured as the journal's).
+    pub nodes_dir: PathBuf,
     /// The cln-replica binary to run as the plugin.
     pub exe: PathBuf,
     /// O_DIRECT writes of the floor before each combination.
@@ -162,9 +170,34 @@ pub fn preallocate_floor_file(path: &Path, bytes: usize) -> Result<()> {
     Ok(())
 }
 
-fn record_bytes(journal: &Path) -> Result<u64> {
-    let inv = crate::inventory::inventory(journal)?;
-    Ok(inv.generations.iter().map(|g| g.record_bytes).sum())
+/// syncfs(2) of the filesystem holding `dir`.
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    let d = std::fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    // SAFETY: a valid open file descriptor for the call's duration.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("syncfs of {}", dir.display()));
+    }
+    Ok(())
+}
+
+/// The on-device bytes of every record in the journal, in order.
+fn record_sizes(journal: &Path) -> Result<Vec<u64>> {
+    let mut sizes = vec![];
+    for g in crate::journal::reader::generations(journal)? {
+        let block = g.block_bytes();
+        for r in g.records() {
+            sizes.push(r?.header.disk_bytes(block));
+        }
+    }
+    Ok(sizes)
+}
+
+/// At most `n` of `sizes`, evenly spaced: the floor writes what the journal wrote.
+fn sample(sizes: &[u64], n: usize) -> Vec<usize> {
+    if sizes.len() <= n {
+        return sizes.iter().map(|&b| b as usize).collect();
+    }
+    (0..n).map(|i| sizes[i * sizes.len() / n] as usize).collect()
 }
 
 /// Replays `t` once per combination; one row each, in [`COMBINATIONS`] order.
@@ -178,18 +211,21 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
     let htlcs =
         after_schema.iter().flat_map(|c| &c.writes).filter(|w| w.trim_start().starts_with(HTLC_INSERT)).count() as u64;
     let floor_file = o.dir.join("floor");
-    preallocate_floor_file(&floor_file, o.floor_samples.max(1) * 4096)?;
     let mut rows = vec![];
     for (i, (filter, compression)) in COMBINATIONS.into_iter().enumerate() {
         let started = Instant::now();
-        let mut floor = vec![];
-        floor_round(&floor_file, &vec![4096; o.floor_samples], &mut floor)?;
-        floor.sort_unstable();
+        // The previous combination's writeback (and its removal) must not
+        // land in this one's figures.
+        sync_filesystem(&o.dir)?;
 
         let work = o.dir.join(format!("combination-{i}"));
-        let node_dir = work.join("node");
+        let node_dir = o.nodes_dir.join(format!("combination-{i}"));
         let journal = work.join("journal");
-        std::fs::create_dir_all(&node_dir).with_context(|| format!("cannot create {}", node_dir.display()))?;
+        for d in [&node_dir, &work] {
+            // The plugin creates the journal directory only under an existing
+            // parent (a missing parent is an unmounted device).
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
         let mut cfg = Config::new(journal.clone());
         cfg.filter = filter;
         cfg.compression = compression;
@@ -214,7 +250,7 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
             replay(&mut node, c)?;
         }
         node.init_plugin()?;
-        let schema_bytes = record_bytes(&journal)?;
+        let schema_bytes: u64 = record_sizes(&journal)?.iter().sum();
         for c in after_schema {
             replay(&mut node, c)?;
         }
@@ -222,11 +258,20 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
         if !status.success() {
             bail!("the plugin exited with {status}; its log:\n{}", node.logs().join("\n"));
         }
-        let journal_bytes = record_bytes(&journal)? - schema_bytes;
+        let sizes = record_sizes(&journal)?;
+        let journal_bytes = sizes.iter().sum::<u64>() - schema_bytes;
         // The first hook took the initial snapshot: not a steady-state figure.
         let mut hooks = node.hook_latencies_us.get(1..).unwrap_or_default().to_vec();
         hooks.sort_unstable();
         drop(node);
+
+        // The floor: the same writes as the journal's records, raw.
+        sync_filesystem(&o.dir)?;
+        let floor_sizes = sample(&sizes, o.floor_samples);
+        preallocate_floor_file(&floor_file, floor_sizes.iter().sum())?;
+        let mut floor = vec![];
+        floor_round(&floor_file, &floor_sizes, &mut floor)?;
+        floor.sort_unstable();
 
         let report = crate::compact::compact_offline(&cfg, Arc::new(RealDevice), None)
             .with_context(|| format!("compacting {}", journal.display()))?;
@@ -253,6 +298,7 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
             seconds: started.elapsed().as_secs_f64(),
         });
         std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
+        std::fs::remove_dir_all(&node_dir).with_context(|| format!("cannot remove {}", node_dir.display()))?;
     }
     let _ = std::fs::remove_file(&floor_file);
     Ok(rows)

@@ -8,8 +8,10 @@ use cln_replica::sim::trace;
 #[test]
 fn four_combinations_per_trace_and_the_filter_never_adds_bytes() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let nodes = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let o = savings::Options {
         dir: std::fs::canonicalize(dir.path()).unwrap(),
+        nodes_dir: std::fs::canonicalize(nodes.path()).unwrap(),
         exe: env!("CARGO_BIN_EXE_cln-replica").into(),
         floor_samples: 8,
     };
@@ -46,5 +48,7 @@ fn four_combinations_per_trace_and_the_filter_never_adds_bytes() {
         assert!(d.bytes_per_block.is_some_and(|b| b > 0.0) && d.bytes_per_htlc.is_some_and(|b| b > 0.0), "{d:?}");
         assert!(d.bytes_per_day > 0.0);
     }
-    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the work directories are removed");
+    for d in [&dir, &nodes] {
+        assert!(std::fs::read_dir(d.path()).unwrap().next().is_none(), "the work directories are removed");
+    }
 }

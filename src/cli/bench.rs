@@ -44,7 +44,8 @@ pub struct Args {
     /// at the recorded trace's journal bytes per HTLC
     #[arg(long, default_value_t = 100)]
     payments_per_day: u64,
-    /// Raw O_DIRECT 4 KiB writes + fdatasync measured before each combination
+    /// Raw O_DIRECT writes + fdatasync measured after each combination, of the
+    /// sizes its records took (at most this many, evenly spaced)
     #[arg(long, default_value_t = 500)]
     floor_samples: usize,
     /// Print the result as JSON
@@ -282,7 +283,16 @@ fn run_traces(a: &Args) -> Result<ExitCode> {
         tempfile::Builder::new().prefix("cln-replica-bench").tempdir_in(&a.dir).context("cannot work in --dir")?;
     // The plugin runs in the node's directory: the journal path must not be relative.
     let dir = std::fs::canonicalize(work.path())?;
-    let o = savings::Options { dir, exe: std::env::current_exe()?, floor_samples: a.floor_samples };
+    let nodes = tempfile::Builder::new()
+        .prefix("cln-replica-bench-nodes")
+        .tempdir()
+        .context("cannot create a temporary directory for the nodes' databases")?;
+    let o = savings::Options {
+        dir,
+        nodes_dir: nodes.path().to_path_buf(),
+        exe: std::env::current_exe()?,
+        floor_samples: a.floor_samples,
+    };
     let mut rows = vec![];
     for spec in &a.trace {
         let t = savings::load_trace(spec)?;
@@ -296,7 +306,7 @@ fn run_traces(a: &Args) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({"dir": a.dir, "rows": rows, "day_model": day,
-                "floor": "O_DIRECT 4 KiB write + fdatasync, preallocated, same directory, measured before each row"})
+                "floor": "O_DIRECT writes of the records' sizes + fdatasync, preallocated, same directory, after each row's replay"})
         );
         return Ok(ExitCode::SUCCESS);
     }
