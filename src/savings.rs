@@ -5,7 +5,9 @@
 //! compression {off, zstd}: a fresh journal and a fresh simulated node (real
 //! SQLite applying every statement, so snapshots are real) drive the real
 //! plugin binary over the plugin protocol with the trace, call by call, as
-//! lightningd would (the schema calls before `init`). Then:
+//! lightningd would (the schema calls before `init`). The four replay in
+//! turns of 100 calls, with a round of floor writes after each turn, so a
+//! loaded or drifting device weighs on every column alike. Then:
 //!
 //! - journal bytes: the records' on-device bytes (block-rounded, as the
 //!   journal's inventory counts them) after the schema calls, per change;
@@ -13,9 +15,9 @@
 //!   makes at the end (what a new generation would hold), and that file
 //!   zstd-compressed at the level remote shipping uses;
 //! - hook latency beside the floor: raw O_DIRECT writes of the sizes the
-//!   journal's records took (up to `floor_samples` of them, evenly spaced),
-//!   each followed by fdatasync, into preallocated space in the same
-//!   directory, right after each combination's replay.
+//!   unfiltered, uncompressed journal writes (every k-th call, up to
+//!   `floor_samples`), each followed by fdatasync, into preallocated space
+//!   in the same directory; one floor per trace, shared by its four rows.
 //!
 //! The simulated node's database lives in `nodes_dir`, off the measured
 //! device, as lightningd's does on the appliance.
@@ -134,8 +136,9 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 /// One O_DIRECT write of `sizes[i]` bytes plus fdatasync per sample, into a
-/// zero-filled, flushed file: the I/O the journal must do for those records.
-pub fn floor_round(path: &Path, sizes: &[usize], out: &mut Vec<u64>) -> Result<()> {
+/// zero-filled, flushed file from `offset` on: the I/O the journal must do
+/// for those records.
+pub fn floor_round(path: &Path, mut offset: u64, sizes: &[usize], out: &mut Vec<u64>) -> Result<()> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -143,7 +146,6 @@ pub fn floor_round(path: &Path, sizes: &[usize], out: &mut Vec<u64>) -> Result<(
         .open(path)
         .with_context(|| format!("cannot open {} with O_DIRECT", path.display()))?;
     let mut buf = AlignedBuf::with_capacity(sizes.iter().copied().max().unwrap_or(4096));
-    let mut offset = 0u64;
     for &size in sizes {
         buf.reset_zeroed(size);
         buf[..8].copy_from_slice(b"cln-rplc");
@@ -192,16 +194,38 @@ fn record_sizes(journal: &Path) -> Result<Vec<u64>> {
     Ok(sizes)
 }
 
-/// At most `n` of `sizes`, evenly spaced: the floor writes what the journal wrote.
-fn sample(sizes: &[u64], n: usize) -> Vec<usize> {
-    if sizes.len() <= n {
-        return sizes.iter().map(|&b| b as usize).collect();
-    }
-    (0..n).map(|i| sizes[i * sizes.len() / n] as usize).collect()
+/// Hook calls each combination replays before the next one takes its turn:
+/// small enough that a drift in the device (another process's writeback, the
+/// filesystem's journal commits) reaches all four alike.
+const ROUND_CALLS: usize = 100;
+
+/// One combination's node, plugin and journal while the trace is replayed.
+struct Lane {
+    filter: Filter,
+    compression: Compression,
+    cfg: Config,
+    node: SimNode,
+    node_dir: PathBuf,
+    work: PathBuf,
+    schema_bytes: u64,
 }
 
-/// Replays `t` once per combination; one row each, in [`COMBINATIONS`] order.
+fn replay(name: &str, node: &mut SimNode, c: &TraceCall) -> Result<()> {
+    match node.replay_call(c)? {
+        HookOutcome::Continue => Ok(()),
+        other => bail!(
+            "{name}: the plugin answered {other:?} at data_version {}; its log:\n{}",
+            c.data_version,
+            node.logs().join("\n")
+        ),
+    }
+}
+
+/// Replays `t` once per combination, the four interleaved in rounds of
+/// [`ROUND_CALLS`] calls with a round of floor writes; one row each, in
+/// [`COMBINATIONS`] order.
 pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
+    let started = Instant::now();
     let schema_calls = if t.calls.first().is_some_and(|c| c.data_version == 1) {
         trace::FIRST_START_SCHEMA_CALLS.min(t.calls.len())
     } else {
@@ -210,79 +234,81 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
     let after_schema = &t.calls[schema_calls..];
     let htlcs =
         after_schema.iter().flat_map(|c| &c.writes).filter(|w| w.trim_start().starts_with(HTLC_INSERT)).count() as u64;
+    // The floor writes what the unfiltered, uncompressed journal writes for
+    // every `stride`-th call.
+    let stride = after_schema.len().div_ceil(o.floor_samples.max(1)).max(1);
+    let floor_size = |c: &TraceCall| {
+        crate::journal::format::record_disk_bytes(crate::journal::format::payload_bytes(&c.writes), 4096)
+    };
     let floor_file = o.dir.join("floor");
-    let mut rows = vec![];
-    for (i, (filter, compression)) in COMBINATIONS.into_iter().enumerate() {
-        let started = Instant::now();
-        // The previous combination's writeback (and its removal) must not
-        // land in this one's figures.
-        sync_filesystem(&o.dir)?;
+    preallocate_floor_file(&floor_file, after_schema.iter().step_by(stride).map(floor_size).sum())?;
 
+    let mut lanes = vec![];
+    for (i, (filter, compression)) in COMBINATIONS.into_iter().enumerate() {
         let work = o.dir.join(format!("combination-{i}"));
         let node_dir = o.nodes_dir.join(format!("combination-{i}"));
-        let journal = work.join("journal");
         for d in [&node_dir, &work] {
             // The plugin creates the journal directory only under an existing
             // parent (a missing parent is an unmounted device).
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        let mut cfg = Config::new(journal.clone());
+        let mut cfg = Config::new(work.join("journal"));
         cfg.filter = filter;
         cfg.compression = compression;
         // The whole trace in one generation: the bytes are the records'.
         cfg.compact_journal_bytes = 0;
         std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml())?;
-
         let mut node = SimNode::open(&node_dir)?;
         node.start_plugin(&o.exe, &[])?;
-        let replay = |node: &mut SimNode, c: &TraceCall| -> Result<()> {
-            match node.replay_call(c)? {
-                HookOutcome::Continue => Ok(()),
-                other => bail!(
-                    "{}: the plugin answered {other:?} at data_version {}; its log:\n{}",
-                    t.name,
-                    c.data_version,
-                    node.logs().join("\n")
-                ),
-            }
-        };
         for c in &t.calls[..schema_calls] {
-            replay(&mut node, c)?;
+            replay(&t.name, &mut node, c)?;
         }
         node.init_plugin()?;
-        let schema_bytes: u64 = record_sizes(&journal)?.iter().sum();
-        for c in after_schema {
-            replay(&mut node, c)?;
+        let schema_bytes = record_sizes(&cfg.journal)?.iter().sum();
+        lanes.push(Lane { filter, compression, cfg, node, node_dir, work, schema_bytes });
+    }
+
+    sync_filesystem(&o.dir)?;
+    let mut floor = vec![];
+    let mut floor_offset = 0;
+    for (round, calls) in after_schema.chunks(ROUND_CALLS).enumerate() {
+        for lane in &mut lanes {
+            for c in calls {
+                replay(&t.name, &mut lane.node, c)?;
+            }
         }
-        let (status, _) = node.shutdown_plugin()?;
+        let first = round * ROUND_CALLS;
+        let sizes: Vec<usize> =
+            (first..first + calls.len()).filter(|i| i % stride == 0).map(|i| floor_size(&after_schema[i])).collect();
+        floor_round(&floor_file, floor_offset, &sizes, &mut floor)?;
+        floor_offset += sizes.iter().sum::<usize>() as u64;
+    }
+    floor.sort_unstable();
+    let _ = std::fs::remove_file(&floor_file);
+
+    let mut rows = vec![];
+    for mut lane in lanes {
+        let (status, _) = lane.node.shutdown_plugin()?;
         if !status.success() {
-            bail!("the plugin exited with {status}; its log:\n{}", node.logs().join("\n"));
+            bail!("the plugin exited with {status}; its log:\n{}", lane.node.logs().join("\n"));
         }
-        let sizes = record_sizes(&journal)?;
-        let journal_bytes = sizes.iter().sum::<u64>() - schema_bytes;
+        let journal = &lane.cfg.journal;
+        let journal_bytes = record_sizes(journal)?.iter().sum::<u64>() - lane.schema_bytes;
         // The first hook took the initial snapshot: not a steady-state figure.
-        let mut hooks = node.hook_latencies_us.get(1..).unwrap_or_default().to_vec();
+        let mut hooks = lane.node.hook_latencies_us.get(1..).unwrap_or_default().to_vec();
         hooks.sort_unstable();
-        drop(node);
+        drop(lane.node);
 
-        // The floor: the same writes as the journal's records, raw.
-        sync_filesystem(&o.dir)?;
-        let floor_sizes = sample(&sizes, o.floor_samples);
-        preallocate_floor_file(&floor_file, floor_sizes.iter().sum())?;
-        let mut floor = vec![];
-        floor_round(&floor_file, &floor_sizes, &mut floor)?;
-        floor.sort_unstable();
-
-        let report = crate::compact::compact_offline(&cfg, Arc::new(RealDevice), None)
+        let report = crate::compact::compact_offline(&lane.cfg, Arc::new(RealDevice), None)
             .with_context(|| format!("compacting {}", journal.display()))?;
-        let snapshot = layout::generation_dir(&journal, report.generation).join(layout::SNAPSHOT_FILE);
+        let snapshot = layout::generation_dir(journal, report.generation).join(layout::SNAPSHOT_FILE);
         let bytes = std::fs::read(&snapshot).with_context(|| format!("cannot read {}", snapshot.display()))?;
         let zstd_bytes = zstd::bulk::compress(&bytes, SHIP_ZSTD_LEVEL).context("cannot compress the snapshot")?.len();
         let changes = after_schema.len() as u64;
         rows.push(Row {
             trace: t.name.clone(),
-            filter: filter.name(),
-            compression: compression_name(compression),
+            filter: lane.filter.name(),
+            compression: compression_name(lane.compression),
             changes,
             htlcs,
             blocks: t.blocks,
@@ -297,10 +323,10 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
             floor_us_p99: percentile(&floor, 0.99),
             seconds: started.elapsed().as_secs_f64(),
         });
-        std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
-        std::fs::remove_dir_all(&node_dir).with_context(|| format!("cannot remove {}", node_dir.display()))?;
+        for d in [&lane.work, &lane.node_dir] {
+            std::fs::remove_dir_all(d).with_context(|| format!("cannot remove {}", d.display()))?;
+        }
     }
-    let _ = std::fs::remove_file(&floor_file);
     Ok(rows)
 }
 

@@ -7,6 +7,10 @@
 //! The hook is driven like lightningd drives it (a child process, stdin and
 //! stdout, string ids), with the statements of real recorded changes; the
 //! simulated node does not run SQL here, so only the plugin is measured.
+//!
+//! `--compaction-mib`: the hook's latency during a background compaction.
+//! `--trace`: issue 9's comparison of filter x compression on whole traces
+//! (journal and snapshot bytes, hook latency; src/savings.rs, docs/SAVINGS.md).
 
 use crate::savings::{self, floor_round};
 use crate::sim::{trace, HookOutcome, SimNode};
@@ -44,8 +48,8 @@ pub struct Args {
     /// at the recorded trace's journal bytes per HTLC
     #[arg(long, default_value_t = 100)]
     payments_per_day: u64,
-    /// Raw O_DIRECT writes + fdatasync measured after each combination, of the
-    /// sizes its records took (at most this many, evenly spaced)
+    /// Raw O_DIRECT writes + fdatasync of the unfiltered, uncompressed records'
+    /// sizes, interleaved with the replays (at most this many per trace)
     #[arg(long, default_value_t = 500)]
     floor_samples: usize,
     /// Print the result as JSON
@@ -125,7 +129,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for round in 0..rounds {
         let n = (a.hooks / rounds + usize::from(round < a.hooks % rounds)).min(round_hooks);
         let sizes: Vec<usize> = (0..n).map(|i| disk_bytes[(version as usize + i) % bodies.len()]).collect();
-        floor_round(&floor_file, &sizes, &mut floor)?;
+        floor_round(&floor_file, 0, &sizes, &mut floor)?;
         for i in 0..n {
             let mut writes = bodies[(version as usize + i) % bodies.len()].clone();
             writes.push(format!("{INCREMENT_PREFIX}{version}"));
@@ -306,7 +310,7 @@ fn run_traces(a: &Args) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({"dir": a.dir, "rows": rows, "day_model": day,
-                "floor": "O_DIRECT writes of the records' sizes + fdatasync, preallocated, same directory, after each row's replay"})
+                "floor": "O_DIRECT writes of the unfiltered, uncompressed records' sizes + fdatasync, preallocated, same directory, interleaved with the replays"})
         );
         return Ok(ExitCode::SUCCESS);
     }
