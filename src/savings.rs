@@ -343,6 +343,7 @@ pub struct Day {
     pub bytes_per_htlc: Option<f64>,
     pub blocks_per_day: u64,
     pub payments_per_day: u64,
+    /// A part without its trace counts as 0.
     pub bytes_per_day: f64,
 }
 

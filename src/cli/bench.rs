@@ -353,6 +353,12 @@ fn run_traces(a: &Args) -> Result<ExitCode> {
         crate::sim::mainnet::BLOCKS_PER_DAY,
         a.payments_per_day
     );
+    if day.iter().any(|d| d.bytes_per_block.is_none()) {
+        println!("  (no mainnet-shaped trace given: its blocks count as 0 bytes)");
+    }
+    if day.iter().any(|d| d.bytes_per_htlc.is_none()) {
+        println!("  (no recorded trace with HTLCs given: its payments count as 0 bytes)");
+    }
     let show = |v: Option<f64>| v.map_or("-".to_string(), |b| format!("{b:.0}"));
     for d in &day {
         println!(
