@@ -33,6 +33,7 @@ pub mod replay;
 pub mod restore;
 pub mod rng;
 pub mod rpc;
+pub mod savings;
 pub mod sim;
 pub mod snapshot;
 pub mod state;

@@ -7,14 +7,17 @@
 //! The hook is driven like lightningd drives it (a child process, stdin and
 //! stdout, string ids), with the statements of real recorded changes; the
 //! simulated node does not run SQL here, so only the plugin is measured.
+//!
+//! `--compaction-mib`: the hook's latency during a background compaction.
+//! `--trace`: issue 9's comparison of filter x compression on whole traces
+//! (journal and snapshot bytes, hook latency; src/savings.rs, docs/SAVINGS.md).
 
-use crate::device::AlignedBuf;
+use crate::savings::{self, floor_round};
 use crate::sim::{trace, HookOutcome, SimNode};
 use crate::state::INCREMENT_PREFIX;
 use anyhow::{bail, Context, Result};
-use std::fs::OpenOptions;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -33,6 +36,22 @@ pub struct Args {
     /// holds it all as records), against the latency without one
     #[arg(long, value_name = "MIB")]
     compaction_mib: Option<u64>,
+    /// Instead: replay this trace once per combination of filter {none,
+    /// caches} x compression {off, zstd} and compare journal bytes, snapshot
+    /// bytes and hook latency. A recorded trace (.jsonl or .jsonl.zst, e.g.
+    /// tests/fixtures/cln-v26.06-realnode.jsonl.zst) or `mainnet[:BLOCKS[:P2WSH_PER_BLOCK[:PAYMENTS_PER_DAY]]]`,
+    /// the generated mainnet-shaped block processing (default 144 blocks,
+    /// 150 P2WSH outputs per block, no payments). Repeatable
+    #[arg(long, value_name = "TRACE")]
+    trace: Vec<String>,
+    /// The day-equivalent model's payments (HTLCs: a forward is two) per day,
+    /// at the recorded trace's journal bytes per HTLC
+    #[arg(long, default_value_t = 100)]
+    payments_per_day: u64,
+    /// Raw O_DIRECT writes + fdatasync of the unfiltered, uncompressed records'
+    /// sizes, interleaved with the replays (at most this many per trace)
+    #[arg(long, default_value_t = 500)]
+    floor_samples: usize,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -54,27 +73,12 @@ fn figures(mut v: Vec<u64>) -> Figures {
     }
 }
 
-/// One O_DIRECT write of `sizes[i]` bytes plus fdatasync per sample, into a
-/// zero-filled, flushed file: the I/O the journal must do for those records.
-fn floor_round(path: &Path, sizes: &[usize], out: &mut Vec<u64>) -> Result<()> {
-    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path)?;
-    let mut buf = AlignedBuf::with_capacity(sizes.iter().copied().max().unwrap_or(4096));
-    let mut offset = 0u64;
-    for &size in sizes {
-        buf.reset_zeroed(size);
-        buf[..8].copy_from_slice(b"cln-rplc");
-        let t = Instant::now();
-        f.write_all_at(&buf, offset)?;
-        f.sync_data()?;
-        out.push(t.elapsed().as_micros() as u64);
-        offset += size as u64;
-    }
-    Ok(())
-}
-
 pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(mib) = a.compaction_mib {
         return run_compaction(&a, mib);
+    }
+    if !a.trace.is_empty() {
+        return run_traces(&a);
     }
     let work =
         tempfile::Builder::new().prefix("cln-replica-bench").tempdir_in(&a.dir).context("cannot work in --dir")?;
@@ -125,7 +129,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for round in 0..rounds {
         let n = (a.hooks / rounds + usize::from(round < a.hooks % rounds)).min(round_hooks);
         let sizes: Vec<usize> = (0..n).map(|i| disk_bytes[(version as usize + i) % bodies.len()]).collect();
-        floor_round(&floor_file, &sizes, &mut floor)?;
+        floor_round(&floor_file, 0, &sizes, &mut floor)?;
         for i in 0..n {
             let mut writes = bodies[(version as usize + i) % bodies.len()].clone();
             writes.push(format!("{INCREMENT_PREFIX}{version}"));
@@ -273,6 +277,98 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
         );
         println!("  the switch to the new generation took {switch_us} us inside the hook that made it");
         println!("  p99 during / p99 without = {ratio:.2}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --trace ...`: issue 9's side-by-side comparison (src/savings.rs).
+fn run_traces(a: &Args) -> Result<ExitCode> {
+    let work =
+        tempfile::Builder::new().prefix("cln-replica-bench").tempdir_in(&a.dir).context("cannot work in --dir")?;
+    // The plugin runs in the node's directory: the journal path must not be relative.
+    let dir = std::fs::canonicalize(work.path())?;
+    let nodes = tempfile::Builder::new()
+        .prefix("cln-replica-bench-nodes")
+        .tempdir()
+        .context("cannot create a temporary directory for the nodes' databases")?;
+    let o = savings::Options {
+        dir,
+        nodes_dir: nodes.path().to_path_buf(),
+        exe: std::env::current_exe()?,
+        floor_samples: a.floor_samples,
+    };
+    let mut rows = vec![];
+    for spec in &a.trace {
+        let t = savings::load_trace(spec)?;
+        if !a.json {
+            eprintln!("bench: {} ({} calls), 4 combinations ...", t.name, t.calls.len());
+        }
+        rows.extend(savings::run_trace(&o, &t)?);
+    }
+    let day = savings::day_model(&rows, a.payments_per_day);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"dir": a.dir, "rows": rows, "day_model": day,
+                "floor": "O_DIRECT writes of the unfiltered, uncompressed records' sizes + fdatasync, preallocated, same directory, interleaved with the replays"})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("cln-replica bench in {}: journal and snapshot bytes, hook latency", a.dir.display());
+    println!(
+        "{:<34} {:<6} {:<4} {:>6} {:>10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "trace",
+        "filter",
+        "zstd",
+        "calls",
+        "journal",
+        "B/change",
+        "snapshot",
+        "snap.zst",
+        "hook p50",
+        "hook p99",
+        "floor50",
+        "floor99"
+    );
+    for r in &rows {
+        println!(
+            "{:<34} {:<6} {:<4} {:>6} {:>10} {:>8.0} {:>10} {:>10} {:>6}us {:>6}us {:>6}us {:>6}us",
+            r.trace,
+            r.filter,
+            r.compression,
+            r.changes,
+            super::bytes(r.journal_bytes),
+            r.journal_bytes_per_change,
+            super::bytes(r.snapshot_bytes),
+            super::bytes(r.snapshot_zstd_bytes),
+            r.hook_us_p50,
+            r.hook_us_p99,
+            r.floor_us_p50,
+            r.floor_us_p99
+        );
+    }
+    println!(
+        "day-equivalent: {} blocks/day x journal bytes per block of the mainnet-shaped trace + {} payments (HTLCs)/day x \
+         journal bytes per HTLC of the recorded trace (all its bytes over its HTLCs)",
+        crate::sim::mainnet::BLOCKS_PER_DAY,
+        a.payments_per_day
+    );
+    if day.iter().any(|d| d.bytes_per_block.is_none()) {
+        println!("  (no mainnet-shaped trace given: its blocks count as 0 bytes)");
+    }
+    if day.iter().any(|d| d.bytes_per_htlc.is_none()) {
+        println!("  (no recorded trace with HTLCs given: its payments count as 0 bytes)");
+    }
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |b| format!("{b:.0}"));
+    for d in &day {
+        println!(
+            "  filter {:<6} compression {:<4}: {:>8} B/block {:>7} B/HTLC  => {:>10}/day",
+            d.filter,
+            d.compression,
+            show(d.bytes_per_block),
+            show(d.bytes_per_htlc),
+            super::bytes(d.bytes_per_day as u64)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

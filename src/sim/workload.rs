@@ -135,6 +135,18 @@ impl Workload {
 
     /// The next change of a node's ordinary life.
     pub fn next_change(&mut self) -> Change {
+        self.change(true)
+    }
+
+    /// The next change with no block processing in it (channels, HTLCs,
+    /// invoices, payments, forwards, datastore), for a generator that writes
+    /// the chain itself ([`super::mainnet`]): this model's blocks and reorgs
+    /// would collide with its heights.
+    pub fn next_offchain_change(&mut self) -> Change {
+        self.change(false)
+    }
+
+    fn change(&mut self, blocks: bool) -> Change {
         self.before_last = Some(self.model.clone());
         self.model.clock += 1 + self.rng.below(5);
         let mut s = vec![];
@@ -151,7 +163,8 @@ impl Workload {
             }
             50..=59 => self.invoice(&mut s),
             60..=67 => self.payment(&mut s),
-            68..=79 => self.block(&mut s),
+            68..=79 if blocks => self.block(&mut s),
+            68..=79 => self.htlc_step(&mut s),
             80..=87 => self.forward(&mut s),
             _ => self.datastore(&mut s),
         }
