@@ -313,5 +313,14 @@ fn main() -> anyhow::Result<()> {
     println!("== 3. dictionary (level 1)");
     halves("trace", &trace_payloads);
     halves("workload", &workload_payloads);
+    // The larger real trace (a whole three-node workload, 6401 calls).
+    let realnode = trace::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cln-v26.06-realnode.jsonl.zst"
+    )))?;
+    let realnode_payloads: Vec<Vec<u8>> = realnode.iter().map(|c| payload(&c.writes)).collect();
+    sizes("real node", &realnode_payloads);
+    levels("real node", &realnode_payloads);
+    halves("real node", &realnode_payloads);
     Ok(())
 }
