@@ -224,6 +224,30 @@ fn compressed_records_ship_and_restore_as_stored() {
 }
 
 #[test]
+fn a_filtered_backup_ships_filtered_and_its_remote_restore_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, key) = setup(&file_destination(&dest), "filter = \"caches\"\n");
+    let mut node = start(&s);
+    run(&mut node, &mut Workload::new(13), 300);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    let (st, _) = node.shutdown_plugin().unwrap();
+    assert!(st.success());
+    let url = format!("file://{}", dest.display());
+    let to = s.path("filtered.sqlite3");
+    let o = cli(&["restore", "--from", &url, "--to", to.to_str().unwrap(), "--key-file", key.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("--rescan=-"), "{}", text(&o));
+    let live = s.path("live.sqlite3");
+    node.copy_database(&live).unwrap();
+    let conn = rusqlite::Connection::open(&live).unwrap();
+    assert!(conn.query_row("SELECT COUNT(*) FROM utxoset", [], |r| r.get::<_, i64>(0)).unwrap() > 0);
+    conn.execute_batch("DELETE FROM utxoset").unwrap();
+    drop(conn);
+    let diffs = cln_replica::dbcompare::compare_files(&live, &to).unwrap();
+    assert!(diffs.is_empty(), "remote restore of a filtered backup:\n{}", diffs.join("\n"));
+}
+
+#[test]
 fn background_shipping_survives_an_outage_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("nas");
