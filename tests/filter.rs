@@ -21,6 +21,15 @@ fn changes(node: &mut SimNode, w: &mut Workload, n: usize) {
     }
 }
 
+/// A node with its plugin, through lightningd's schema creation.
+fn with_schema(s: &Setup) -> SimNode {
+    let mut node = s.node_with_plugin();
+    for c in Workload::schema() {
+        expect_continue(node.apply(&c).unwrap(), &node);
+    }
+    node
+}
+
 fn set_filter(s: &Setup, filter: &str) {
     let cfg = s.node_dir.join("cln-replica.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -66,10 +75,7 @@ fn run(args: &[&str]) -> (bool, String) {
 #[test]
 fn a_filtered_journal_leaves_out_utxoset_and_restores_everything_else() {
     let s = Setup::new("filter = \"caches\"\n");
-    let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    let mut node = with_schema(&s);
     let mut w = Workload::new(90);
     changes(&mut node, &mut w, 600);
     node.shutdown_plugin().unwrap();
@@ -110,10 +116,7 @@ fn a_filtered_journal_leaves_out_utxoset_and_restores_everything_else() {
 #[test]
 fn changing_the_filter_starts_a_generation_and_each_keeps_its_own() {
     let s = Setup::new("");
-    let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    let mut node = with_schema(&s);
     let mut w = Workload::new(91);
     changes(&mut node, &mut w, 299);
     // Only generation 1 covers this version (generation 2 starts one later),
@@ -159,10 +162,7 @@ fn changing_the_filter_starts_a_generation_and_each_keeps_its_own() {
 fn a_filtered_snapshot_is_emptied_and_vacuumed_and_compaction_keeps_the_filter() {
     // A node that ran unfiltered, then `init --filter caches` while stopped.
     let s = Setup::new("");
-    let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    let mut node = with_schema(&s);
     let mut w = Workload::new(92);
     for _ in 0..400 {
         let mut c = w.next_change();
@@ -228,10 +228,7 @@ fn verify_names_a_cache_statement_in_a_filtered_generation() {
     // An unfiltered journal whose segment headers are then rewritten to say
     // "caches": what a bug in the filter (or tampering) would leave.
     let s = Setup::new("");
-    let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    let mut node = with_schema(&s);
     changes(&mut node, &mut Workload::new(93), 200);
     node.shutdown_plugin().unwrap();
     let g = reader::Generation::open(&s.journal, 1).unwrap();
