@@ -38,8 +38,12 @@ fn enospc_on_a_real_device() {
     f.sync_all().unwrap();
     drop(f);
     let mut refusal_text = None;
+    // Random bytes: records are stored compressed when that saves space, and
+    // a repeated pattern would never fill the device.
+    let mut rng = cln_replica::rng::SplitMix64(7);
+    let mut incompressible = |n: usize| -> String { (0..n).map(|_| format!("{:02x}", rng.next_u64() as u8)).collect() };
     for k in 0..200 {
-        let stmt = format!("INSERT INTO full_test VALUES ({k}, x'{}')", "c3".repeat(100_000));
+        let stmt = format!("INSERT INTO full_test VALUES ({k}, x'{}')", incompressible(100_000));
         match node.commit(&[stmt]).unwrap() {
             HookOutcome::Continue => {}
             HookOutcome::Refused(why) => {
@@ -57,7 +61,7 @@ fn enospc_on_a_real_device() {
     setup.assert_restores_to(&node);
     // Still full: a restart refuses again, nothing lost.
     node.start_plugin(Path::new(EXE), &[]).unwrap();
-    let again = node.commit(&[format!("INSERT INTO full_test VALUES (1000, x'{}')", "c3".repeat(100_000))]).unwrap();
+    let again = node.commit(&[format!("INSERT INTO full_test VALUES (1000, x'{}')", incompressible(100_000))]).unwrap();
     assert!(matches!(again, HookOutcome::Refused(_)), "{again:?}");
     node.close_plugin().unwrap();
     setup.assert_restores_to(&node);
