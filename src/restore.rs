@@ -56,11 +56,7 @@ pub fn rescan_from_height(conn: &rusqlite::Connection, filter: Filter) -> Result
     if filter == Filter::None {
         return Ok(None);
     }
-    let has_blocks: bool =
-        conn.query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'blocks'", [], |r| {
-            r.get(0)
-        })?;
-    if !has_blocks {
+    if !crate::snapshot::has_table(conn, "blocks")? {
         return Ok(None);
     }
     let min: Option<u32> = conn.query_row("SELECT MIN(height) FROM blocks", [], |r| r.get(0))?;

@@ -21,16 +21,16 @@ use std::time::Duration;
 /// it then waits for us, so waiting longer would only delay the failure.
 const LIVE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether the database has a table of this name.
+pub fn has_table(conn: &Connection, name: &str) -> Result<bool> {
+    conn.query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [name], |r| r.get(0))
+        .context("cannot read the schema")
+}
+
 /// The data_version a database holds: `None` if it has no `vars` table or no
 /// data_version row (a database lightningd has not finished creating).
 pub fn data_version(conn: &Connection) -> Result<Option<u32>> {
-    let has_vars: bool = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'vars'", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .context("cannot read the schema")?
-        > 0;
-    if !has_vars {
+    if !has_table(conn, "vars")? {
         return Ok(None);
     }
     let v: Option<i64> = conn
@@ -99,11 +99,7 @@ pub fn leave_out(conn: &Connection, filter: Filter) -> Result<()> {
         return Ok(());
     }
     for t in filter.tables() {
-        let exists: bool =
-            conn.query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| {
-                r.get(0)
-            })?;
-        if exists {
+        if has_table(conn, t)? {
             conn.execute_batch(&format!("DELETE FROM \"{t}\";"))?;
         }
     }
