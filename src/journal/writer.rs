@@ -408,6 +408,13 @@ impl Journal {
         err
     }
 
+    /// Waits for the background creation of the next segment, if one is
+    /// running: the I/O the journal does outside `append` and `seal`. For
+    /// tests that count the device's operations.
+    pub fn wait_background(&self) {
+        self.preparer.wait_idle();
+    }
+
     fn request_next_segment(&mut self) {
         let Some(a) = &self.active else { return };
         let header = SegmentHeader {
@@ -1018,6 +1025,16 @@ impl Preparer {
         let sent = self.jobs.as_ref().is_some_and(|j| j.try_send((generation, dir, header)).is_ok());
         if !sent {
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Idle;
+            self.slot.1.notify_all();
+        }
+    }
+
+    /// Waits until no job is running (its result, if any, stays for `take`).
+    fn wait_idle(&self) {
+        let (lock, cv) = &*self.slot;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(*s, Slot::Working { .. }) {
+            s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 

@@ -52,6 +52,10 @@ pub struct Lightningd {
     /// Hash every state (for crash checks); off for a reboot's run, which
     /// only compares the end.
     pub track: bool,
+    /// Wait for the journal's background segment creation after each hook,
+    /// so that a fault injected next meets the hook's I/O, not the
+    /// preparer's (fault tests; the power-cut runs keep the real interleaving).
+    pub settle: bool,
 }
 
 pub fn db_path(dir: &Path) -> PathBuf {
@@ -120,6 +124,7 @@ impl Lightningd {
             copies: None,
             last_refusal: None,
             track: true,
+            settle: false,
         }
     }
 
@@ -162,7 +167,13 @@ impl Lightningd {
         let params = serde_json::json!({"data_version": version, "writes": writes}).to_string();
         let raw = serde_json::value::RawValue::from_string(params).unwrap();
         let engine = self.engine.as_mut().expect("plugin running");
-        engine.db_write(Some(&raw))
+        let answer = engine.db_write(Some(&raw));
+        if self.settle {
+            if let Some(j) = engine.journal() {
+                j.wait_background();
+            }
+        }
+        answer
     }
 
     fn committed(&mut self) {
