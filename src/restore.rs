@@ -86,7 +86,8 @@ pub fn filtered_note(filter: &str, rescan_from_height: Option<u32>) -> Option<St
 /// Picks the generation to restore from: for `at`, the newest whose base is
 /// at or before it; for `before_unix_ms`, the newest created at or before that
 /// time (its records are then replayed up to the time). With neither, the
-/// newest. Older generations are kept by retention (`keep_generations`), so
+/// newest. At the base version of a filtered generation, an unfiltered one
+/// before it that reaches that version is preferred. Older generations are kept by retention (`keep_generations`), so
 /// both reach back across generations.
 pub fn pick_generation(
     generations: &[Generation],
@@ -102,7 +103,25 @@ pub fn pick_generation(
     if at.is_none() && before_unix_ms.is_none() {
         return Ok(newest);
     }
-    generations.iter().rev().find(fits).ok_or_else(|| {
+    let picked = generations.iter().rev().find(fits);
+    // At the exact base of a filtered generation (a filter switched on), the
+    // generation before it usually reaches the same version with its caches
+    // kept: that restore needs no rescan.
+    if let (Some(v), Some(g)) = (at, picked) {
+        let before = generations.iter().rev().find(|p| p.number < g.number);
+        if let Some(p) = before.filter(|p| {
+            g.header.base_version == v
+                && g.header.filter != Filter::None
+                && p.header.filter == Filter::None
+                && before_unix_ms.is_none_or(|t| p.header.created_unix_ms <= t)
+        }) {
+            let s = crate::inventory::summarize_generation(p);
+            if s.error.is_none() && s.first_version <= v && s.last_version >= v {
+                return Ok(p);
+            }
+        }
+    }
+    picked.ok_or_else(|| {
         let oldest = &generations[0];
         match (at, before_unix_ms) {
             (Some(at), _) if oldest.header.base_version > at => anyhow::anyhow!(

@@ -127,6 +127,8 @@ fn changing_the_filter_starts_a_generation_and_each_keeps_its_own() {
     assert!(count(&full_at_v0, "SELECT COUNT(*) FROM utxoset") > 0);
     changes(&mut node, &mut w, 1);
     let v1 = node.data_version();
+    let full_at_v1 = s.path("full-v1.sqlite3");
+    node.copy_database(&full_at_v1).unwrap();
     node.shutdown_plugin().unwrap();
 
     // On: the next transaction starts generation 2 from a snapshot whose
@@ -144,8 +146,13 @@ fn changing_the_filter_starts_a_generation_and_each_keeps_its_own() {
     assert_eq!(gens[1].header.base_version, v1);
     assert_eq!(count(&gens[1].snapshot_path(), "SELECT COUNT(*) FROM utxoset"), 0);
     assert_same(&node_without_caches(&s, &node, "expected-2.sqlite3"), &s.restore(None).unwrap());
-    // The unfiltered generation still restores whole.
+    // The unfiltered generation still restores whole, also at v1 where the
+    // filtered one begins (both reach it: the whole database is preferred).
     assert_same(&full_at_v0, &s.restore(Some(v0)).unwrap());
+    assert_same(&full_at_v1, &s.restore(Some(v1)).unwrap());
+    // One past it only the filtered generation reaches.
+    let after = s.restore(Some(v1 + 1)).unwrap();
+    assert_eq!(count(&after, "SELECT COUNT(*) FROM utxoset"), 0);
 
     // Off again: generation 3's snapshot has the utxoset the node has now
     // (rows the filtered generation never stored included).

@@ -248,6 +248,49 @@ fn a_filtered_backup_ships_filtered_and_its_remote_restore_says_so() {
 }
 
 #[test]
+fn a_remote_restore_at_the_version_where_the_filter_was_switched_on_is_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, key) = setup(&file_destination(&dest), "");
+    let mut node = start(&s);
+    let mut w = Workload::new(14);
+    run(&mut node, &mut w, 200);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    let (st, _) = node.shutdown_plugin().unwrap();
+    assert!(st.success());
+    let v = node.data_version();
+    let whole = s.path("whole.sqlite3");
+    node.copy_database(&whole).unwrap();
+    let conf = s.node_dir.join("cln-replica.toml");
+    let text_before = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("filter = \"caches\"\n{text_before}")).unwrap();
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    run(&mut node, &mut w, 50);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    node.shutdown_plugin().unwrap();
+    // Generation 2 (filtered) starts at v, where generation 1 ends: the
+    // restore at v is the whole database, with its utxoset.
+    let url = format!("file://{}", dest.display());
+    let to = s.path("at-switch.sqlite3");
+    let vs = v.to_string();
+    let o = cli(&[
+        "restore",
+        "--from",
+        &url,
+        "--to",
+        to.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--at",
+        &vs,
+    ]);
+    assert!(o.status.success() && !text(&o).contains("--rescan"), "{}", text(&o));
+    let diffs = cln_replica::dbcompare::compare_files(&whole, &to).unwrap();
+    assert!(diffs.is_empty(), "restore at the switch:\n{}", diffs.join("\n"));
+}
+
+#[test]
 fn background_shipping_survives_an_outage_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("nas");

@@ -23,7 +23,8 @@ use std::path::Path;
 pub enum Which {
     /// The newest generation with a base.
     Newest,
-    /// The newest generation whose base is at or before this data_version.
+    /// The newest generation whose base is at or before this data_version
+    /// (and the one before it if that one is filtered and starts exactly there).
     At(u32),
     /// All of them (verify).
     All,
@@ -76,6 +77,9 @@ pub fn fetch(store: &dyn Store, key: &Key, which: Which, into: &Path) -> Result<
         out.bytes += plain.len() as u64;
         match which {
             Which::At(v) if header.base_version > v => continue,
+            // The generation before a filtered one may reach v with its
+            // caches kept: fetch it too, the restore prefers it.
+            Which::At(v) if header.base_version == v && header.filter != crate::filter::Filter::None => {}
             Which::All => {}
             _ => chosen_done = true,
         }
