@@ -98,7 +98,7 @@ pub fn decode_base(generation: u64, plain: &[u8]) -> Result<(SegmentHeader, Vec<
     if header.generation != generation || header.segment != 1 {
         bail!("holds generation {} segment {}, not generation {generation}", header.generation, header.segment);
     }
-    let snapshot = decompress(&plain[8 + SEGMENT_HEADER_BYTES..], header.snapshot_bytes)?;
+    let snapshot = decompress(&plain[8 + SEGMENT_HEADER_BYTES..], header.snapshot_bytes, Some(header.snapshot_bytes))?;
     let crc = crc32c::crc32c(&snapshot);
     if (snapshot.len() as u64, crc) != (header.snapshot_bytes, header.snapshot_crc32c) {
         bail!("snapshot does not match its header's size and checksum");
@@ -106,9 +106,24 @@ pub fn decode_base(generation: u64, plain: &[u8]) -> Result<(SegmentHeader, Vec<
     Ok((header, snapshot))
 }
 
-fn decompress(data: &[u8], expected: u64) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(expected as usize);
-    zstd::stream::copy_decode(data, &mut out).context("cannot decompress")?;
+/// The most a records object decompresses to: a piece stops growing once it
+/// reaches [`PIECE_BYTES_MAX`](super::shipper::PIECE_BYTES_MAX), so it holds
+/// at most that plus one largest record.
+const RECORDS_PLAIN_MAX: u64 =
+    (super::shipper::PIECE_BYTES_MAX + RECORD_HEADER_BYTES) as u64 + format::RECORD_PAYLOAD_BYTES_MAX as u64;
+
+/// Decompresses at most `limit` bytes: an object is authenticated before
+/// this, but a bound keeps a restore's memory bounded whatever it holds.
+/// `expected`: what it should decompress to, if known (the allocation).
+fn decompress(data: &[u8], limit: u64, expected: Option<u64>) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(expected.unwrap_or(0).min(limit) as usize);
+    zstd::stream::read::Decoder::new(data)
+        .and_then(|d| d.take(limit + 1).read_to_end(&mut out))
+        .context("cannot decompress")?;
+    if out.len() as u64 > limit {
+        bail!("decompresses to more than the {limit} bytes it may hold");
+    }
     Ok(out)
 }
 
@@ -148,7 +163,7 @@ pub fn decode_records(generation: u64, first: u64, last: u64, plain: &[u8]) -> R
             le(24)
         );
     }
-    let body = decompress(&plain[32..], 0)?;
+    let body = decompress(&plain[32..], RECORDS_PLAIN_MAX, None)?;
     let mut out = vec![];
     let mut at = 0;
     let mut expected = first;
@@ -171,6 +186,16 @@ pub fn decode_records(generation: u64, first: u64, last: u64, plain: &[u8]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decompression_is_bounded() {
+        let plain = vec![7u8; 5000];
+        let z = zstd::bulk::compress(&plain, ZSTD_LEVEL).unwrap();
+        assert_eq!(decompress(&z, 5000, Some(5000)).unwrap(), plain);
+        let e = decompress(&z, 4999, None).unwrap_err().to_string();
+        assert!(e.contains("more than the 4999 bytes"), "{e}");
+        assert!(decompress(b"not zstd", 100, None).is_err());
+    }
 
     #[test]
     fn names_round_trip_and_sort() {
