@@ -39,6 +39,9 @@ STOP_OVERHEAD_LIMIT_S = 2.0
 # Small journal segments: a new one is allocated every ~128 records, so the
 # disk-full fault bites within seconds of filling the device.
 SEGMENT_BYTES = 512 << 10
+# lightningd reprocesses this many blocks at every start on regtest (the
+# testnet/regtest default of --rescan; mainnet's is 15).
+REGTEST_DEFAULT_RESCAN = 30
 
 SUMMARY = {'phases': [], 'checks': [], 'stop_s': {'with_plugin': [], 'without_plugin': []}}
 
@@ -701,9 +704,10 @@ def filtered_backup(env, scaled, payer, a, b, c):
     wait_channel_normal(b, c)
     scid_bc = [ch['short_channel_id'] for ch in b.channels(c) if ch['state'] == 'CHANNELD_NORMAL'][0]
     wait_gossip(a, scid_bc)
-    # Bury its block deeper than the 15 blocks lightningd rescans at every
-    # start: only the --rescan the restore prints can bring its row back.
-    mine_and_sync(env, nodes, 16)
+    # Bury its block deeper than the blocks lightningd rescans at every start
+    # (30 on regtest: options.c's testnet_config; 15 on mainnet): only the
+    # --rescan the restore prints can bring its row back.
+    mine_and_sync(env, nodes, REGTEST_DEFAULT_RESCAN + 1)
     switched = log_lines(a, r'filter changed from "none" to "caches"', offset)
     if not switched:
         raise Failure('the plugin did not start a filtered generation after the filter was switched on')
@@ -787,7 +791,7 @@ def no_rescan_experiment(env, a, b, c, scid_bc, channels_before, utxo_before, go
     """docs/CACHES.md's negative control, not run by CI (set
     REALNODE_NO_RESCAN_EXPERIMENT=1): the node on the filtered restore,
     started WITHOUT the --rescan the restore printed. lightningd's default
-    rescan (15 blocks) rebuilds only the newest blocks' utxoset rows; the b-c
+    rescan (30 blocks on regtest) rebuilds only the newest blocks' utxoset rows; the b-c
     channel's block is deeper, known to the node, its row gone. Records what
     the node sees within 90 s of being synced (the full set ends the window
     early), then stops it. With the rescan, step 10 sees the full set within
