@@ -87,8 +87,9 @@ pub fn filtered_note(filter: &str, rescan_from_height: Option<u32>) -> Option<St
 /// at or before it; for `before_unix_ms`, the newest created at or before that
 /// time (its records are then replayed up to the time). With neither, the
 /// newest. At the base version of a filtered generation, an unfiltered one
-/// before it that reaches that version is preferred. Older generations are kept by retention (`keep_generations`), so
-/// both reach back across generations.
+/// before it that reaches that version is preferred. Older generations are
+/// kept by retention (`keep_generations`), so both reach back across
+/// generations.
 pub fn pick_generation(
     generations: &[Generation],
     at: Option<u32>,
