@@ -87,35 +87,36 @@ fn status(s: &Setup) -> Option<PluginStatus> {
 }
 
 /// Polls the status file (written by the plugin every few hundred ms) until
-/// `pred` holds; panics with the last status after `timeout`.
-fn wait_status(s: &Setup, what: &str, timeout: Duration, pred: impl Fn(&PluginStatus) -> bool) -> PluginStatus {
+/// `pred` holds; after `timeout`, panics with the last status and the node's log.
+fn wait_status(
+    s: &Setup,
+    node: &SimNode,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&PluginStatus) -> bool,
+) -> PluginStatus {
     let deadline = Instant::now() + timeout;
     loop {
         let st = status(s);
         if let Some(st) = st.as_ref().filter(|st| pred(st)) {
             return st.clone();
         }
-        assert!(Instant::now() < deadline, "{what}: not seen in {timeout:?}; last status {st:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not seen in {timeout:?}; last status {st:?}\nlog:\n{}",
+            node.logs().join("\n")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Waits until every destination holds the node's newest data_version.
 fn wait_caught_up(s: &Setup, node: &SimNode, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = status(s) {
-            let r = st.remote.as_ref().expect("remote status");
-            if r.destinations.iter().all(|d| d.acked_data_version == Some(node.data_version()) && d.queue_records == 0)
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("destinations did not catch up: {r:?}\nlog:\n{}", node.logs().join("\n"));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let v = node.data_version();
+    wait_status(s, node, "destinations caught up", timeout, |st| {
+        let r = st.remote.as_ref().expect("remote status");
+        r.destinations.iter().all(|d| d.acked_data_version == Some(v) && d.queue_records == 0)
+    });
 }
 
 fn objects(dir: &Path) -> Vec<PathBuf> {
@@ -318,7 +319,7 @@ fn background_shipping_survives_an_outage_and_restarts() {
     std::fs::rename(&dest, &aside).unwrap();
     std::fs::write(&dest, b"not a directory").unwrap();
     run(&mut node, &mut w, 100);
-    wait_status(&s, "the outage shows", Duration::from_secs(30), |st| {
+    wait_status(&s, &node, "the outage shows", Duration::from_secs(30), |st| {
         st.remote
             .as_ref()
             .is_some_and(|r| r.destinations[0].queue_records > 0 && r.destinations[0].last_error.is_some())
@@ -385,7 +386,7 @@ fn sync_tier_never_continues_for_an_unreplicated_channel_change() {
         panic!("degrade must continue: {out:?}");
     }
     assert!(logs_contain(&node, "SYNCHRONOUS REPLICATION DEGRADED"));
-    wait_status(&s, "degraded in the status file", Duration::from_secs(30), |st| {
+    wait_status(&s, &node, "degraded in the status file", Duration::from_secs(30), |st| {
         st.remote.as_ref().is_some_and(|r| r.degraded)
     });
     node.kill_plugin().unwrap();
@@ -470,7 +471,7 @@ fn s3_restore_equals_the_node_after_a_server_killed_mid_upload() {
     std::thread::sleep(Duration::from_millis(60));
     server.kill();
     run(&mut node, &mut w, 200);
-    wait_status(&s, "records queued while the server is down", Duration::from_secs(30), |st| {
+    wait_status(&s, &node, "records queued while the server is down", Duration::from_secs(30), |st| {
         st.remote.as_ref().is_some_and(|r| r.destinations[0].queue_records > 0)
     });
     let root = server.root.clone();
@@ -588,15 +589,10 @@ fn a_new_journal_never_continues_another_journals_generation() {
     std::fs::copy(&key1, &key2).unwrap();
     let mut node2 = start(&s2);
     run(&mut node2, &mut Workload::new(2), 10);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let err = status(&s2).and_then(|st| st.remote.unwrap().destinations[0].last_error.clone());
-        if err.as_deref().is_some_and(|e| e.contains("not this journal's generation")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no refusal: {err:?}\n{}", node2.logs().join("\n"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_status(&s2, &node2, "the refusal of another journal's objects", Duration::from_secs(20), |st| {
+        let err = st.remote.as_ref().and_then(|r| r.destinations[0].last_error.as_deref());
+        err.is_some_and(|e| e.contains("not this journal's generation"))
+    });
     node2.kill_plugin().unwrap();
     // The first node's copy is intact.
     let restored = restore_from(&s1, &format!("file://{}", dest.display()), &key1, "first.sqlite3").unwrap();
