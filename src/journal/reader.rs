@@ -447,7 +447,17 @@ impl Iterator for RecordScanner<'_> {
 pub fn generations(journal: &Path) -> Result<Vec<Generation>, JournalError> {
     let numbers = layout::list_generations(journal)
         .map_err(|e| JournalError::Layout { path: journal.to_path_buf(), detail: format!("{e:#}") })?;
-    numbers.into_iter().map(|g| Generation::open(journal, g)).collect()
+    let mut out = Vec::with_capacity(numbers.len());
+    for g in numbers {
+        match Generation::open(journal, g) {
+            Ok(gen) => out.push(gen),
+            // Retired (renamed away) since it was listed, by a plugin running
+            // on this journal: the same as listing a moment later.
+            Err(_) if !layout::generation_dir(journal, g).exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a record of this kind is a change (as opposed to a seal marker).

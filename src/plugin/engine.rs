@@ -68,6 +68,9 @@ pub struct Engine {
     pub compaction: Arc<Mutex<CompactionStatus>>,
     /// The mirror's follower thread, if `mirror` is configured.
     mirror: Option<crate::mirror::Mirror>,
+    /// The last retention thread: at most one runs; a clean stop waits for
+    /// it, so nothing is still removing generations once the plugin is gone.
+    retention: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -86,6 +89,7 @@ impl Engine {
             compactor: None,
             compaction: Arc::new(Mutex::new(CompactionStatus { state: "idle".into(), ..Default::default() })),
             mirror: None,
+            retention: None,
         }
     }
 
@@ -266,8 +270,12 @@ impl Engine {
     }
 
     /// Retention, after a new generation became durable: off the hook's path.
-    fn retire_in_background(&self) {
+    fn retire_in_background(&mut self) {
         let Some(config) = self.config.as_ref() else { return };
+        if self.retention.as_ref().is_some_and(|h| !h.is_finished()) {
+            // Still removing older ones: the next new generation retires these.
+            return;
+        }
         let (device, dir, keep, out) =
             (self.device.clone(), config.journal.clone(), config.keep_generations as usize, self.out.clone());
         let generation = self.journal.as_ref().map_or(0, |j| j.generation());
@@ -288,8 +296,9 @@ impl Engine {
                 Err(e) => out.log("warn", &format!("retention failed: {e:#}")),
             }
         });
-        if let Err(e) = spawned {
-            self.out.log("warn", &format!("cannot start retention: {e}"));
+        match spawned {
+            Ok(h) => self.retention = Some(h),
+            Err(e) => self.out.log("warn", &format!("cannot start retention: {e}")),
         }
     }
 
@@ -470,6 +479,9 @@ impl Engine {
         }
         if let Some(r) = &self.remote {
             r.drain_and_stop();
+        }
+        if let Some(h) = self.retention.take() {
+            let _ = h.join();
         }
         self.status.set_state(PluginState::Stopped, None);
     }
