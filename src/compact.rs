@@ -34,12 +34,14 @@
 //! records (one write and flush each) and renames a directory. The snapshot's
 //! checksum, its flush and the segment's zero-fill all happen off the hook.
 
+use crate::clock::now_unix_ms;
 use crate::config::Config;
 use crate::crashpoint::crash_point;
 use crate::device::Device;
+use crate::files::file_crc32c;
 use crate::journal::format::{BaseKind, RecordKind, SegmentHeader};
 use crate::journal::reader::{self, Generation, Record, RecordLoc};
-use crate::journal::writer::{self, file_crc32c, now_unix_ms, PreparedGeneration};
+use crate::journal::writer::{self, PreparedGeneration};
 use crate::journal::{layout, Journal, JournalOptions, Progress};
 use crate::replay;
 use crate::state::{Resolver, Tip};

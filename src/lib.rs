@@ -16,11 +16,13 @@
 //! - [`cli`]: the command line, one file per subcommand.
 
 pub mod cli;
+pub mod clock;
 pub mod compact;
 pub mod config;
 pub mod crashpoint;
 pub mod dbcompare;
 pub mod device;
+pub mod files;
 pub mod filter;
 pub mod inventory;
 pub mod journal;

@@ -22,6 +22,7 @@
 //!   committed (it crashed and sent that data_version again), the sidecar
 //!   names it, the follower sees it superseded, and rebuilds.
 
+use crate::files::{self, Durability, Staged};
 use crate::journal::format::{BaseKind, RecordKind};
 use crate::journal::reader::{Generation, Record, RecordLoc};
 use crate::journal::{layout, Progress};
@@ -55,12 +56,7 @@ pub fn read_sidecar(mirror: &Path) -> Option<Sidecar> {
 }
 
 fn write_sidecar(mirror: &Path, s: &Sidecar) -> Result<()> {
-    let path = sidecar_path(mirror);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(s)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {}", tmp.display()))?;
-    replay::sync_file_and_dir(&path)
+    files::replace_with_bytes(&sidecar_path(mirror), &serde_json::to_vec(s)?, Durability::Flushed)
 }
 
 fn open_mirror(path: &Path) -> Result<Connection> {
@@ -161,19 +157,16 @@ impl Follower {
         self.conn = None;
         let existed = self.path.exists();
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = self.path.with_file_name(format!(".{name}.rebuild.tmp"));
-        replay::remove_if_exists(&tmp);
-        replay::copy_snapshot(g, &tmp)?;
+        let staged = Staged::beside(&self.path);
+        replay::copy_snapshot(g, staged.path())?;
         {
-            let conn = Connection::open(&tmp)?;
+            let conn = Connection::open(staged.path())?;
             conn.execute_batch("PRAGMA journal_mode = DELETE;")?;
         }
-        replay::sync_file_and_dir(&tmp)?;
         // A WAL left by the old file must not be applied to the new one.
-        replay::remove_if_exists(&self.path.with_file_name(format!("{name}-wal")));
-        replay::remove_if_exists(&self.path.with_file_name(format!("{name}-shm")));
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("cannot rename {}", tmp.display()))?;
-        replay::sync_file_and_dir(&self.path)?;
+        files::remove_if_exists(&self.path.with_file_name(format!("{name}-wal")));
+        files::remove_if_exists(&self.path.with_file_name(format!("{name}-shm")));
+        staged.install(Durability::Flushed)?;
         self.sidecar = Sidecar { generation: g.number, unconfirmed: None };
         write_sidecar(&self.path, &self.sidecar)?;
         self.conn = Some(open_mirror(&self.path)?);
@@ -283,7 +276,7 @@ impl Follower {
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
                 .with_context(|| format!("cannot checkpoint the mirror {}", self.path.display()))?;
             conn.close().map_err(|(_, e)| e).context("cannot close the mirror")?;
-            replay::sync_file_and_dir(&self.path)?;
+            files::sync_file_and_dir(&self.path)?;
         }
         Ok(())
     }
@@ -441,9 +434,9 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
     let generations = crate::journal::reader::generations(journal)
         .with_context(|| format!("cannot read the journal {}", journal.display()))?;
     let Some(newest) = generations.last() else { bail!("the journal holds no generation: nothing to restore") };
-    let tmp = crate::restore::temporary_path(to);
+    let staged = Staged::beside(to);
+    let tmp = staged.path().to_path_buf();
     let tmp_sidecar = sidecar_path(&tmp);
-    replay::remove_if_exists(&tmp);
     let result = (|| -> Result<MirrorRestoreReport> {
         // A consistent copy even while the plugin updates the mirror.
         let src = Connection::open_with_flags(mirror, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -458,7 +451,7 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
         drop(src);
         match read_sidecar(mirror) {
             Some(sc) => write_sidecar(&tmp, &sc)?,
-            None => replay::remove_if_exists(&tmp_sidecar),
+            None => files::remove_if_exists(&tmp_sidecar),
         }
         let mut f = Follower::new(journal, &tmp);
         let v = f.sync(newest.number, None, true)?;
@@ -469,9 +462,6 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
         let filter = newest.header.filter;
         let rescan = crate::restore::rescan_from_height(&conn, filter)?;
         drop(conn);
-        replay::sync_file_and_dir(&tmp)?;
-        std::fs::rename(&tmp, to).with_context(|| format!("cannot rename {} to {}", tmp.display(), to.display()))?;
-        replay::sync_file_and_dir(to)?;
         Ok(MirrorRestoreReport {
             to: to.to_path_buf(),
             mirror_data_version: mirror_version,
@@ -482,9 +472,8 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
             rescan_from_height: rescan,
         })
     })();
-    replay::remove_if_exists(&tmp_sidecar);
-    if result.is_err() {
-        replay::remove_if_exists(&tmp);
-    }
-    result
+    files::remove_if_exists(&tmp_sidecar);
+    let report = result?;
+    staged.install(Durability::Flushed)?;
+    Ok(report)
 }

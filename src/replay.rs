@@ -11,7 +11,7 @@ use crate::journal::reader::{Generation, Record, RecordLoc};
 use crate::state::{CallKind, Resolver, Tip};
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -216,19 +216,4 @@ pub fn check_database(conn: &Connection, expected: u32, empty_allowed: bool) -> 
             got.map_or("missing".to_string(), |v| v.to_string())
         ),
     }
-}
-
-/// fsyncs a file and its directory.
-pub fn sync_file_and_dir(path: &Path) -> Result<()> {
-    File::open(path)?.sync_all().with_context(|| format!("cannot flush {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        File::open(dir)?.sync_all().with_context(|| format!("cannot flush {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// Removes a file if it exists.
-pub fn remove_if_exists(path: &Path) {
-    let _ = fs::remove_file(path);
 }

@@ -7,12 +7,13 @@
 //! place: an interrupted restore never leaves a half-built database under
 //! the destination's name.
 
+use crate::files::{Durability, Staged};
 use crate::filter::Filter;
 use crate::journal::reader::{self, Generation};
 use crate::replay;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -133,8 +134,8 @@ pub fn pick_generation(
             (_, Some(t)) => anyhow::anyhow!(
                 "{} is before the oldest generation kept was created ({}, data_version {}): it is not restorable \
                  (raise keep_generations to keep more history)",
-                crate::cli::time::format_unix_ms(t),
-                crate::cli::time::format_unix_ms(oldest.header.created_unix_ms),
+                crate::clock::format_unix_ms(t),
+                crate::clock::format_unix_ms(oldest.header.created_unix_ms),
                 oldest.header.base_version
             ),
             _ => anyhow::anyhow!("no generation covers the requested point"),
@@ -197,11 +198,11 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
     let generations =
         reader::generations(&opts.from).with_context(|| format!("cannot read the journal {}", opts.from.display()))?;
     let generation = pick_generation(&generations, opts.at, opts.before_unix_ms)?;
-    let tmp = temporary_path(&opts.to);
-    replay::remove_if_exists(&tmp);
-    let result = (|| -> Result<RestoreReport> {
-        replay::copy_snapshot(generation, &tmp)?;
-        let conn = replay::open_for_replay(&tmp)?;
+    let staged = Staged::beside(&opts.to);
+    let tmp = staged.path();
+    let report = (|| -> Result<RestoreReport> {
+        replay::copy_snapshot(generation, tmp)?;
+        let conn = replay::open_for_replay(tmp)?;
         let (total_bytes, starts) = generation_extent(generation);
         let mut n = 0;
         let outcome = replay::replay_generation(&conn, generation, opts.at, opts.before_unix_ms, |r| {
@@ -230,10 +231,6 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
         let filter = generation.header.filter;
         let rescan = rescan_from_height(&conn, filter).context("cannot read the restored database's blocks")?;
         conn.close().map_err(|(_, e)| e).context("cannot close the restored database")?;
-        replay::sync_file_and_dir(&tmp)?;
-        std::fs::rename(&tmp, &opts.to)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), opts.to.display()))?;
-        replay::sync_file_and_dir(&opts.to)?;
         Ok(RestoreReport {
             to: opts.to.clone(),
             generation: generation.number,
@@ -242,20 +239,12 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
             data_version: outcome.data_version,
             last_change_unconfirmed: outcome.last_unconfirmed && opts.at.is_none(),
             torn_tail_ignored: outcome.torn_tail.is_some(),
-            bytes: std::fs::metadata(&opts.to).map(|m| m.len()).unwrap_or(0),
+            bytes: std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0),
             seconds: started.elapsed().as_secs_f64(),
             filter: filter.name(),
             rescan_from_height: rescan,
         })
-    })();
-    if result.is_err() {
-        replay::remove_if_exists(&tmp);
-    }
-    result
-}
-
-/// A temporary name in the destination's directory, so the final rename is atomic.
-pub fn temporary_path(to: &Path) -> PathBuf {
-    let name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
-    to.with_file_name(format!(".{name}.restore-{}.tmp", std::process::id()))
+    })()?;
+    staged.install(Durability::Flushed)?;
+    Ok(report)
 }

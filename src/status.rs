@@ -8,12 +8,11 @@
 //! runs on the hook's path except [`StatusBoard::record_hook`], one
 //! uncontended lock and a store.
 
-use crate::journal::writer::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::journal::Progress;
 use crate::state::Tip;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -200,15 +199,11 @@ impl StatusBoard {
     }
 }
 
-/// Replaces `path` with `status` atomically (write a temporary file, rename).
-pub fn write_status_file(path: &Path, status: &PluginStatus) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(status).expect("status serialises").as_bytes())?;
-        f.write_all(b"\n")?;
-    }
-    fs::rename(&tmp, path)
+/// Replaces `path` with `status` atomically (written beside it, renamed).
+pub fn write_status_file(path: &Path, status: &PluginStatus) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(status)?;
+    text.push('\n');
+    crate::files::replace_with_bytes(path, text.as_bytes(), crate::files::Durability::AtomicOnly)
 }
 
 /// Keeps the status file current until `stop` returns true. Failures to write
@@ -227,7 +222,7 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
                 let status = board.snapshot();
                 if let Err(e) = write_status_file(&path, &status) {
                     if !reported {
-                        eprintln!("cln-replica: cannot write the status file {}: {e}", path.display());
+                        eprintln!("cln-replica: cannot write the status file {}: {e:#}", path.display());
                         reported = true;
                     }
                 }

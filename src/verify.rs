@@ -7,9 +7,9 @@
 //! generation is replayed into a temporary database and checked. Every
 //! problem names its generation, data_version and byte offset where known.
 
+use crate::files::file_crc32c;
 use crate::journal::format::RecordKind;
 use crate::journal::reader::{Generation, JournalError};
-use crate::journal::writer::file_crc32c;
 use crate::replay;
 use crate::state::{Resolver, Tip};
 use anyhow::Result;

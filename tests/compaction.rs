@@ -61,7 +61,7 @@ fn compact_cli(s: &Setup, env: &[(&str, &str)]) -> Output {
 }
 
 fn now_ms() -> u64 {
-    cln_replica::journal::writer::now_unix_ms()
+    cln_replica::clock::now_unix_ms()
 }
 
 fn generations(s: &Setup) -> Vec<(u64, String, u32)> {

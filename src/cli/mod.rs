@@ -10,7 +10,7 @@ mod panel;
 pub mod progress;
 mod restore;
 mod status;
-pub mod time;
+
 mod verify;
 
 use clap::{Parser, Subcommand};

@@ -62,7 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let before_unix_ms = a.before.as_deref().map(super::time::parse_to_unix_ms).transpose()?;
+    let before_unix_ms = a.before.as_deref().map(crate::clock::parse_to_unix_ms).transpose()?;
     let source = Source { from: a.from.clone(), key_file: a.key_file, hsm_secret: a.hsm_secret };
     let _fetched;
     let from = if source.is_remote() {

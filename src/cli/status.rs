@@ -54,7 +54,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if inv.generations.is_empty() {
         println!("  no generation yet: the plugin takes the first snapshot at its first database write");
     }
-    let fmt = super::time::format_unix_ms;
+    let fmt = crate::clock::format_unix_ms;
     for (i, g) in inv.generations.iter().enumerate() {
         let origin = match (g.base, i.checked_sub(1).map(|p| &inv.generations[p])) {
             ("compacted", Some(p)) => format!(", compacted from generation {}", p.generation),
@@ -117,7 +117,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             s.data_version,
             s.hook_latency_us_p50,
             s.hook_latency_us_p99,
-            super::time::format_unix_ms(s.updated_unix_ms)
+            crate::clock::format_unix_ms(s.updated_unix_ms)
         );
         if let Some(r) = &s.remote {
             println!(

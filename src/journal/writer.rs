@@ -23,22 +23,18 @@ use super::format::{
 use super::layout;
 use super::reader::Generation;
 use super::{Compression, JournalOptions, Progress};
+use crate::clock::now_unix_ms;
 use crate::device::{self, AlignedBuf, Device, DeviceFile};
 use crate::filter::Filter;
 use crate::state::{tip_after, CallKind, Tip};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Zero-fill chunk when creating a segment.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -675,7 +671,7 @@ impl Journal {
         let r =
             self.device.sync_file(&snapshot_path).with_context(|| format!("cannot flush {}", snapshot_path.display()));
         io_step(r, self)?;
-        let (snapshot_bytes, snapshot_crc32c) = file_crc32c(&snapshot_path)?;
+        let (snapshot_bytes, snapshot_crc32c) = crate::files::file_crc32c(&snapshot_path)?;
         let probe = tmp_dir.join("probe.tmp");
         let dio = if self.opts.direct_io {
             drop(self.device.create(&probe, true).map_err(|e| direct_io_context(e, &probe, true))?);
@@ -946,21 +942,6 @@ fn first_record_block_is_zero(path: &Path, block_bytes: u32) -> Result<bool> {
     let mut b = vec![0u8; format::RECORD_HEADER_BYTES];
     f.read_exact_at(&mut b, block_bytes as u64).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(b.iter().all(|&x| x == 0))
-}
-
-/// Size and CRC32C of a file, read in chunks.
-pub fn file_crc32c(path: &Path) -> Result<(u64, u32)> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut len, mut crc) = (0u64, 0u32);
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            return Ok((len, crc));
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        len += n as u64;
-    }
 }
 
 /// Background creation of the next segment, so that the hook never waits

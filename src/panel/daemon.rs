@@ -144,7 +144,7 @@ pub fn run(config: &PanelConfig) -> Result<()> {
         if now >= next_read_ms {
             let c = health::assess(&Inputs {
                 status: health::read_status(&config.status_file),
-                now_unix_ms: crate::journal::writer::now_unix_ms(),
+                now_unix_ms: crate::clock::now_unix_ms(),
                 status_stale_ms: config.status_stale_ms,
                 backup_mounted: config.backup_mount.as_deref().map(health::is_mount_point),
                 pid_alive: &health::pid_alive,

@@ -258,7 +258,7 @@ impl Engine {
             Err(e) => {
                 compact::discard(self.device.as_ref(), &h.prepared);
                 st.last_result = Some(format!("not adopted: {e:#}"));
-                st.last_failed_unix_ms = Some(crate::journal::writer::now_unix_ms());
+                st.last_failed_unix_ms = Some(crate::clock::now_unix_ms());
                 drop(st);
                 if journal.poisoned().is_some() {
                     return Err(e);
@@ -309,7 +309,7 @@ impl Engine {
         };
         let p = journal.progress().get();
         let by_size = config.compact_journal_bytes > 0 && p.journal_bytes >= config.compact_journal_bytes;
-        let now = crate::journal::writer::now_unix_ms();
+        let now = crate::clock::now_unix_ms();
         let by_age = config.compact_after_secs > 0
             && p.seq > 0
             && now.saturating_sub(journal.generation_created_unix_ms()) >= config.compact_after_secs * 1000;

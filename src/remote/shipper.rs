@@ -21,7 +21,7 @@ use super::objects;
 use super::settings::{needs_sync, DestinationConfig, OnTimeout, RemoteSync};
 use super::store::Store;
 use super::tail::Tail;
-use crate::journal::writer::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::journal::{layout, Progress};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

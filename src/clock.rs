@@ -1,6 +1,14 @@
-//! UTC timestamps for people: `2026-11-25T11:16:20Z` and back.
+//! The crate's clock: wall-clock time in unix milliseconds (what records,
+//! generations and statuses carry), and UTC timestamps for people
+//! (`2026-11-25T11:16:20Z`) and back.
 
 use anyhow::{bail, Result};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, in unix milliseconds (0 if the clock is before 1970).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
