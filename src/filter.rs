@@ -2,9 +2,9 @@
 //! uses as caches of the chain and rebuilds by rescanning it (docs/CACHES.md
 //! has the evidence for each table).
 //!
-//! The filter works on whole statements, by the one table a statement writes.
-//! A statement it cannot classify (anything but a plain INSERT, REPLACE,
-//! UPDATE or DELETE on a named table) is kept, and so is every statement on a
+//! The filter works on whole statements, by the one table whose rows a
+//! statement writes ([`crate::sql`]). A statement that writes no rows or that
+//! the classifier is not sure about is kept, and so is every statement on a
 //! table not in [`CACHE_TABLES`]: the filter can only err towards keeping.
 
 use serde::{Deserialize, Serialize};
@@ -74,108 +74,12 @@ impl Filter {
     }
 }
 
-/// The table a data-changing statement writes, or `None` when the statement
-/// is not one this parser is sure about (DDL, PRAGMA, WITH ..., anything
-/// odd). Understands `INSERT [OR x] INTO t`, `REPLACE INTO t`,
-/// `UPDATE [OR x] t`, `DELETE FROM t`, with `t` bare, quoted ("t", `t`,
-/// [t]) or schema-qualified as `main.t`; lightningd writes the first forms.
+/// The table whose rows a statement writes, or `None` when it writes no
+/// table's rows or is not a statement [`crate::sql`] is sure about.
 pub fn table_written(statement: &str) -> Option<&str> {
-    // One call's write is one statement; a `;` before the end could start a
-    // second one, writing another table. Such text is not classified (the
-    // statements on cache tables carry no text literals that could hold one).
-    if statement.trim_end().trim_end_matches(';').contains(';') {
-        return None;
-    }
-    let mut w = Words { rest: statement };
-    let first = w.word()?;
-    let table = if first.eq_ignore_ascii_case("INSERT") {
-        let mut next = w.word()?;
-        if next.eq_ignore_ascii_case("OR") {
-            w.word()?; // ROLLBACK | ABORT | REPLACE | FAIL | IGNORE
-            next = w.word()?;
-        }
-        if !next.eq_ignore_ascii_case("INTO") {
-            return None;
-        }
-        w.name()?
-    } else if first.eq_ignore_ascii_case("REPLACE") {
-        if !w.word()?.eq_ignore_ascii_case("INTO") {
-            return None;
-        }
-        w.name()?
-    } else if first.eq_ignore_ascii_case("UPDATE") {
-        let save = w.rest;
-        match w.word() {
-            Some(or) if or.eq_ignore_ascii_case("OR") => {
-                w.word()?;
-            }
-            _ => w.rest = save,
-        }
-        w.name()?
-    } else if first.eq_ignore_ascii_case("DELETE") {
-        if !w.word()?.eq_ignore_ascii_case("FROM") {
-            return None;
-        }
-        w.name()?
-    } else {
-        return None;
-    };
-    // A schema-qualified name: only `main.` is lightningd's database.
-    match table.split_once('.') {
-        Some((schema, t)) if schema.eq_ignore_ascii_case("main") && !t.is_empty() => Some(t),
-        Some(_) => None,
-        None => Some(table),
-    }
-}
-
-struct Words<'a> {
-    rest: &'a str,
-}
-
-impl<'a> Words<'a> {
-    fn skip_space(&mut self) {
-        self.rest = self.rest.trim_start();
-    }
-
-    /// A keyword: ASCII letters only.
-    fn word(&mut self) -> Option<&'a str> {
-        self.skip_space();
-        let end = self.rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(self.rest.len());
-        if end == 0 {
-            return None;
-        }
-        let (w, rest) = self.rest.split_at(end);
-        self.rest = rest;
-        Some(w)
-    }
-
-    /// A table name, unquoted. Quoted names with anything but identifier
-    /// characters inside, and names followed by something other than
-    /// whitespace, `(` or `;`-free continuation, are refused.
-    fn name(&mut self) -> Option<&'a str> {
-        self.skip_space();
-        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
-        let (name, rest) = match self.rest.chars().next()? {
-            q @ ('"' | '`' | '[') => {
-                let close = if q == '[' { ']' } else { q };
-                let inner = &self.rest[1..];
-                let end = inner.find(close)?;
-                (&inner[..end], &inner[end + 1..])
-            }
-            _ => {
-                let end = self.rest.find(|c: char| !ident(c)).unwrap_or(self.rest.len());
-                self.rest.split_at(end)
-            }
-        };
-        if name.is_empty() || !name.chars().all(ident) {
-            return None;
-        }
-        // What follows a table name: whitespace, a column list, or the end.
-        if !(rest.is_empty() || rest.starts_with(|c: char| c.is_whitespace() || c == '(')) {
-            return None;
-        }
-        self.rest = rest;
-        Some(name)
+    match crate::sql::classify(statement) {
+        crate::sql::Write::Rows { table } => Some(table),
+        _ => None,
     }
 }
 

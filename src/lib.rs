@@ -38,6 +38,7 @@ pub mod rpc;
 pub mod savings;
 pub mod sim;
 pub mod snapshot;
+pub mod sql;
 pub mod state;
 pub mod status;
 pub mod verify;
