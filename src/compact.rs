@@ -42,10 +42,9 @@ use crate::files::file_crc32c;
 use crate::journal::format::{BaseKind, RecordKind, SegmentHeader};
 use crate::journal::reader::{self, Generation, Record, RecordLoc};
 use crate::journal::writer::{self, PreparedGeneration};
-use crate::journal::{layout, Journal, JournalOptions, Progress};
+use crate::journal::{layout, Bound, Cursor, Journal, JournalOptions, Progress, Resolved};
 use crate::replay;
-use crate::state::{Resolver, Tip};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -68,14 +67,11 @@ pub struct Builder {
     number: u64,
     dir: PathBuf,
     conn: Connection,
-    resolver: Resolver<Record>,
+    /// Where the catch-up stands in the old generation.
+    cursor: Cursor,
     block_bytes: u32,
     segment_bytes: u64,
     filter: crate::filter::Filter,
-    next: RecordLoc,
-    next_seq: u64,
-    /// Change records read so far.
-    pub changes: u64,
     /// Records applied to the snapshot so far.
     pub applied: u64,
     /// Called after each record read (offline: the progress bar).
@@ -129,13 +125,10 @@ impl Builder {
             number,
             dir,
             conn,
-            resolver: Resolver::new(old.header.base_version),
+            cursor: Cursor::start(old),
             block_bytes,
             segment_bytes,
             filter: old.header.filter,
-            next: RecordLoc { generation: old.number, segment: 1, offset: block_bytes as u64 },
-            next_seq: 1,
-            changes: 0,
             applied: 0,
             on_record: None,
         })
@@ -143,58 +136,47 @@ impl Builder {
 
     /// Sequence number of the last record read.
     pub fn last_seq(&self) -> u64 {
-        self.next_seq - 1
+        self.cursor.last_seq()
+    }
+
+    /// Change records read so far.
+    pub fn changes(&self) -> u64 {
+        self.cursor.changes_read()
     }
 
     /// Step 2: reads the old generation's records up to sequence number
     /// `limit` (durable records only: a writer may be appending after it), or
     /// to the end when `None` (nobody writes: a torn tail is told apart from
-    /// damage as restore does). Returns how many records were read.
+    /// damage as restore does), and applies the committed ones. Returns how
+    /// many records were read.
     pub fn catch_up(&mut self, limit: Option<u64>) -> Result<u64> {
-        if limit.is_some_and(|l| l < self.next_seq) {
+        if limit.is_some_and(|l| l <= self.cursor.last_seq()) {
             return Ok(0);
         }
         let g = Generation::open(&self.journal, self.old)?;
-        let mut scanner = g.records_after(self.next, self.next_seq)?;
-        let mut read = 0;
-        let mut ready = Vec::with_capacity(2);
-        while limit.is_none_or(|l| self.next_seq <= l) {
-            let Some(rec) = scanner.next() else { break };
-            let rec = rec?;
-            self.next = rec.end(self.block_bytes);
-            self.next_seq = rec.header.seq + 1;
-            read += 1;
+        let before = self.cursor.records_read();
+        let bound = limit.map_or(Bound::End, |seq| Bound::Durable { seq });
+        let mut records = self.cursor.read(&g, bound)?;
+        for item in records.by_ref() {
+            let Resolved::Applied { kind, record } = item? else { continue };
+            replay::apply(&self.conn, &record, kind)?;
+            self.applied += 1;
             if let Some(f) = self.on_record.as_mut() {
-                f(self.next_seq - 1, rec.loc);
-            }
-            if rec.header.kind == RecordKind::Seal {
-                let sealed = Tip::At { version: rec.header.data_version, pending_txn: rec.header.is_txn() };
-                if sealed != self.resolver.tip() {
-                    bail!("corrupt journal at {}: seal record disagrees with the records before it", rec.loc);
-                }
-                continue;
-            }
-            self.changes += 1;
-            let kind = rec.call_kind();
-            self.resolver
-                .push(rec.header.data_version, kind, rec, |_, k, r| ready.push((k, r)))
-                .map_err(|d| anyhow!("corrupt journal in generation {}: {d}", self.old))?;
-            for (k, r) in ready.drain(..) {
-                replay::apply(&self.conn, &r, k)?;
-                self.applied += 1;
+                f(record.header.seq, record.loc);
             }
         }
-        Ok(read)
+        drop(records);
+        Ok(self.cursor.records_read() - before)
     }
 
     /// Step 3: the snapshot, final at the confirmed version, flushed, and
     /// described in segment 1's header. The builder can still catch up
     /// afterwards (and be finalized again).
     pub fn finalize(&mut self) -> Result<PreparedGeneration> {
-        if self.changes == 0 {
+        if self.cursor.changes_read() == 0 {
             bail!("nothing to compact: generation {} holds no change after its snapshot", self.old);
         }
-        let version = self.resolver.confirmed_version().expect("a resolver starts at a version");
+        let version = self.cursor.confirmed_version();
         // Pair assertion: the database holds the version the records lead to.
         let got = crate::snapshot::data_version(&self.conn)?;
         if !(got == Some(version) || (got.is_none() && version == 0)) {
@@ -203,7 +185,7 @@ impl Builder {
         let snap = self.dir.join(layout::SNAPSHOT_FILE);
         let seg = layout::segment_path(&self.dir, 1);
         // A pending record larger than half the segment gets a larger segment.
-        let pending_bytes = self.resolver.pending().map_or(0, |(_, r)| r.header.disk_bytes(self.block_bytes));
+        let pending_bytes = self.cursor.pending().map_or(0, |r| r.header.disk_bytes(self.block_bytes));
         if pending_bytes > self.segment_bytes / 2 {
             self.segment_bytes = (self.segment_bytes + pending_bytes + self.block_bytes as u64)
                 .next_multiple_of(self.block_bytes as u64);
@@ -239,13 +221,8 @@ impl Builder {
 
     /// The hand-over for a finalized builder.
     pub fn handoff(self, prepared: PreparedGeneration) -> Handoff {
-        Handoff {
-            old_generation: self.old,
-            prepared,
-            next: self.next,
-            next_seq: self.next_seq,
-            pending: self.resolver.pending().map(|(_, r)| r.clone()),
-        }
+        let (next, next_seq) = self.cursor.next();
+        Handoff { old_generation: self.old, prepared, next, next_seq, pending: self.cursor.finish() }
     }
 }
 
@@ -255,16 +232,14 @@ impl Builder {
 pub fn carried_records(journal: &Path, h: &Handoff, limit: Option<u64>) -> Result<Vec<Record>> {
     let mut out: Vec<Record> = h.pending.iter().cloned().collect();
     let g = Generation::open(journal, h.old_generation)?;
-    let mut scanner = g.records_after(h.next, h.next_seq)?;
-    let mut next_seq = h.next_seq;
-    while limit.is_none_or(|l| next_seq <= l) {
-        let Some(rec) = scanner.next() else { break };
+    let mut scanner = g.records_after(h.next, h.next_seq)?.until_seq(limit);
+    for rec in scanner.by_ref() {
         let rec = rec?;
-        next_seq = rec.header.seq + 1;
         if rec.header.kind == RecordKind::Change {
             out.push(rec);
         }
     }
+    let next_seq = scanner.next_seq();
     if let Some(l) = limit {
         if next_seq <= l {
             bail!("generation {} ends at record {}, the writer is at {l}", h.old_generation, next_seq - 1);

@@ -3,7 +3,7 @@
 
 use crate::journal::format::RecordKind;
 use crate::journal::reader::Generation;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -106,11 +106,14 @@ pub fn summarize_generation(g: &Generation) -> GenerationSummary {
 }
 
 pub fn inventory(journal: &Path) -> Result<Inventory> {
-    let numbers = crate::journal::layout::list_generations(journal)?;
     let mut generations = vec![];
-    for n in numbers {
-        let g = Generation::open(journal, n).with_context(|| format!("generation {n}"))?;
-        generations.push(summarize_generation(&g));
+    for g in crate::journal::reader::generations_each(journal)? {
+        let g = g.map_err(|(n, e)| anyhow::Error::new(e).context(format!("generation {n}")))?;
+        let summary = summarize_generation(&g);
+        if summary.error.is_some() && crate::journal::reader::retired_since(&g) {
+            continue;
+        }
+        generations.push(summary);
     }
     let gaps = gaps(&generations);
     Ok(Inventory { journal: journal.to_path_buf(), generations, gaps })

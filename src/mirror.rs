@@ -23,11 +23,11 @@
 //!   names it, the follower sees it superseded, and rebuilds.
 
 use crate::files::{self, Durability, Staged};
-use crate::journal::format::{BaseKind, RecordKind};
-use crate::journal::reader::{Generation, Record, RecordLoc};
-use crate::journal::{layout, Progress};
+use crate::journal::format::BaseKind;
+use crate::journal::reader::{Generation, Record};
+use crate::journal::{layout, Bound, Cursor, Progress, Resolved};
 use crate::replay;
-use crate::state::{CallKind, Resolver};
+use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -81,9 +81,8 @@ pub struct Follower {
     sidecar: Sidecar,
     /// The mirror's data_version (its `vars`), confirmed or the applied pending one.
     version: u32,
-    resolver: Resolver<Record>,
-    next: RecordLoc,
-    next_seq: u64,
+    /// Where the follower stands in the generation it follows.
+    cursor: Option<Cursor>,
     /// Set when the records show the mirror holds a change lightningd never committed.
     diverged: bool,
     /// Times an existing mirror file was replaced by a rebuild.
@@ -98,9 +97,7 @@ impl Follower {
             conn: None,
             sidecar: Sidecar::default(),
             version: 0,
-            resolver: Resolver::new(0),
-            next: RecordLoc { generation: 0, segment: 1, offset: 0 },
-            next_seq: 1,
+            cursor: None,
             diverged: false,
             rebuilds: 0,
         }
@@ -143,9 +140,7 @@ impl Follower {
                 return Ok(());
             }
         }
-        self.resolver = Resolver::new(g.header.base_version);
-        self.next = RecordLoc { generation: g.number, segment: 1, offset: g.block_bytes() as u64 };
-        self.next_seq = 1;
+        self.cursor = Some(Cursor::start(g));
         self.diverged = false;
         write_sidecar(&self.path, &self.sidecar)?;
         Ok(())
@@ -171,9 +166,7 @@ impl Follower {
         write_sidecar(&self.path, &self.sidecar)?;
         self.conn = Some(open_mirror(&self.path)?);
         self.version = g.header.base_version;
-        self.resolver = Resolver::new(g.header.base_version);
-        self.next = RecordLoc { generation: g.number, segment: 1, offset: g.block_bytes() as u64 };
-        self.next_seq = 1;
+        self.cursor = Some(Cursor::start(g));
         self.diverged = false;
         self.rebuilds += u64::from(existed);
         Ok(())
@@ -192,6 +185,32 @@ impl Follower {
             replay::apply(conn, r, kind).with_context(|| format!("mirror {}", self.path.display()))?;
             if kind == CallKind::Txn {
                 self.version = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `g`'s committed records after `cursor`, up to record `limit`.
+    /// Stops early, setting `diverged`, when the change the mirror applied
+    /// unconfirmed at a clean stop turns out never to have been committed.
+    fn follow(&mut self, g: &Generation, cursor: &mut Cursor, limit: Option<u64>) -> Result<()> {
+        let bound = limit.map_or(Bound::End, |seq| Bound::Durable { seq });
+        let id = |r: &Record| (r.header.data_version, r.header.time_unix_ms);
+        for item in cursor.read(g, bound)? {
+            match item? {
+                Resolved::Applied { kind, record } => {
+                    if self.sidecar.unconfirmed == Some(id(&record)) {
+                        // lightningd did commit it: the mirror was right.
+                        self.sidecar.unconfirmed = None;
+                        write_sidecar(&self.path, &self.sidecar)?;
+                    }
+                    self.apply(kind, &record)?;
+                }
+                Resolved::Cancelled(record) if self.sidecar.unconfirmed == Some(id(&record)) => {
+                    self.diverged = true;
+                    return Ok(());
+                }
+                Resolved::Cancelled(_) => {}
             }
         }
         Ok(())
@@ -217,48 +236,17 @@ impl Follower {
         if self.conn.is_none() || self.sidecar.generation != generation {
             self.attach(&g)?;
         }
-        let mut scanner = g.records_after(self.next, self.next_seq)?;
-        let mut ready: Vec<(CallKind, Record)> = Vec::with_capacity(2);
-        while limit.is_none_or(|l| self.next_seq <= l) {
-            let Some(rec) = scanner.next() else { break };
-            let rec = rec?;
-            self.next = rec.end(g.block_bytes());
-            self.next_seq = rec.header.seq + 1;
-            if rec.header.kind == RecordKind::Seal {
-                continue;
-            }
-            let before = self.resolver.pending().map(|(_, r)| (r.header.data_version, r.header.time_unix_ms));
-            let kind = rec.call_kind();
-            self.resolver
-                .push(rec.header.data_version, kind, rec, |_, k, r| ready.push((k, r)))
-                .map_err(|d| anyhow!("corrupt journal in generation {generation}: {d}"))?;
-            let emitted: Vec<_> = ready.iter().map(|(_, r)| (r.header.data_version, r.header.time_unix_ms)).collect();
-            if let (Some(unconfirmed), Some(b)) = (self.sidecar.unconfirmed, before) {
-                if b == unconfirmed {
-                    if emitted.contains(&b) {
-                        // lightningd did commit it: the mirror was right.
-                        self.sidecar.unconfirmed = None;
-                        write_sidecar(&self.path, &self.sidecar)?;
-                    } else {
-                        self.diverged = true;
-                    }
-                }
-            }
-            if self.diverged {
-                break;
-            }
-            for (k, r) in ready.drain(..) {
-                self.apply(k, &r)?;
-            }
-        }
-        drop(scanner);
+        let mut cursor = self.cursor.take().expect("attached");
+        let result = self.follow(&g, &mut cursor, limit);
+        self.cursor = Some(cursor);
+        result?;
         if self.diverged {
             // The mirror holds a change lightningd never committed.
             self.rebuild(&g)?;
             return self.sync(generation, limit, include_pending);
         }
         if include_pending {
-            if let Some((_, r)) = self.resolver.pending().cloned() {
+            if let Some(r) = self.cursor.as_ref().and_then(Cursor::pending).cloned() {
                 if after(r.header.data_version, self.version) {
                     self.apply(CallKind::Txn, &r)?;
                     self.sidecar.unconfirmed = Some((r.header.data_version, r.header.time_unix_ms));
@@ -476,4 +464,58 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
     let report = result?;
     staged.install(Durability::Flushed)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{AlignedBuf, RealDevice};
+    use crate::journal::format::{self, RecordKind};
+    use crate::journal::{Journal, JournalOptions, SnapshotMade};
+    use crate::state::INCREMENT_PREFIX;
+    use std::os::unix::fs::FileExt;
+
+    fn change(v: u32) -> Vec<String> {
+        let mut s = vec![];
+        if v == 1 {
+            s.push("CREATE TABLE vars (name TEXT, val TEXT, intval INTEGER)".into());
+            s.push("INSERT INTO vars VALUES ('data_version', NULL, 0)".into());
+        }
+        s.push(format!("{INCREMENT_PREFIX}{}", v - 1));
+        s
+    }
+
+    /// The mirror reads a generation on the same path as restore: a seal that
+    /// does not repeat the tip its records lead to is damage, not skipped.
+    #[test]
+    fn the_mirror_checks_seals() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("j");
+        let mut j = Journal::open(&journal, Arc::new(RealDevice), JournalOptions::default()).unwrap();
+        j.start_generation(&mut |p: &Path| {
+            std::fs::File::create(p)?;
+            Ok(SnapshotMade { base_kind: BaseKind::Empty, base_version: 0 })
+        })
+        .unwrap();
+        for v in 1..=3 {
+            j.append(v, CallKind::Txn, &change(v)).unwrap();
+        }
+        j.seal().unwrap();
+        drop(j);
+        let clean = dir.path().join("clean.sqlite3");
+        assert_eq!(Follower::new(&journal, &clean).sync(1, None, true).unwrap(), 3);
+
+        let g = Generation::open(&journal, 1).unwrap();
+        let seal = g.records().map(Result::unwrap).last().unwrap();
+        assert_eq!(seal.header.kind, RecordKind::Seal);
+        let forged = format::RecordHeader { data_version: 2, ..seal.header };
+        let mut buf = AlignedBuf::with_capacity(0);
+        let n = format::encode_record_stored(&mut buf, g.block_bytes(), &forged, &[]);
+        let f = std::fs::OpenOptions::new().write(true).open(&g.segments[0].path).unwrap();
+        f.write_all_at(&buf[..n], seal.loc.offset).unwrap();
+        drop(f);
+        let mirror = dir.path().join("mirror.sqlite3");
+        let err = format!("{:#}", Follower::new(&journal, &mirror).sync(1, None, true).unwrap_err());
+        assert!(err.contains("seal record disagrees"), "{err}");
+    }
 }

@@ -3,12 +3,14 @@
 //! transactional record, in-place (PRAGMA-only) records outside any
 //! transaction. Used by restore, verify and the mirror.
 //!
-//! Which records to replay is decided by [`crate::state::Resolver`]; this
-//! module only applies them and says precisely where a replay failed.
+//! Which records to replay is decided on the journal's one path through a
+//! generation ([`crate::journal::committed`]); this module only applies them
+//! and says precisely where a replay failed.
 
-use crate::journal::format::RecordKind;
+use crate::journal::format::RecordHeader;
 use crate::journal::reader::{Generation, Record, RecordLoc};
-use crate::state::{CallKind, Resolver, Tip};
+use crate::journal::{Bound, Cursor, Resolved};
+use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
 use std::fs::{File, OpenOptions};
@@ -138,53 +140,31 @@ pub fn replay_generation(
     before_unix_ms: Option<u64>,
     mut on_record: impl FnMut(&Record),
 ) -> Result<ReplayOutcome> {
-    let base = generation.header.base_version;
     let mut out = ReplayOutcome {
-        data_version: base,
+        data_version: generation.header.base_version,
         last_time_unix_ms: generation.header.created_unix_ms,
         ..Default::default()
     };
-    let within = |r: &Record| {
-        until.is_none_or(|u| r.header.data_version <= u) && before_unix_ms.is_none_or(|t| r.header.time_unix_ms <= t)
+    let within = |h: &RecordHeader| {
+        until.is_none_or(|u| h.data_version <= u) && before_unix_ms.is_none_or(|t| h.time_unix_ms <= t)
     };
-    let mut resolver: Resolver<Record> = Resolver::new(base);
-    let mut ready: Vec<(CallKind, Record)> = Vec::with_capacity(2);
-    let mut scanner = generation.records();
-    for rec in scanner.by_ref() {
-        let rec = rec?;
-        if rec.header.kind == RecordKind::Seal {
-            // Pair check: the seal repeats the tip the records led to.
-            let sealed = Tip::At { version: rec.header.data_version, pending_txn: rec.header.is_txn() };
-            if sealed != resolver.tip() {
-                bail!(
-                    "corrupt journal at {}: seal record says {sealed:?}, the records before it lead to {:?}",
-                    rec.loc,
-                    resolver.tip()
-                );
-            }
-            continue;
-        }
-        // A record past the limit still tells whether the pending one before
-        // it was committed; it is pushed, then replay stops.
-        let last = !within(&rec);
-        let kind = rec.call_kind();
-        resolver
-            .push(rec.header.data_version, kind, rec, |_, k, r| ready.push((k, r)))
-            .map_err(|d| anyhow!("corrupt journal in generation {}: {d}", generation.number))?;
-        for (kind, r) in ready.drain(..) {
-            if within(&r) {
-                apply(conn, &r, kind)?;
-                note(&mut out, &r);
-                on_record(&r);
-            }
-        }
-        if last {
-            out.stopped_early = true;
-            return Ok(out);
+    let mut cursor = Cursor::start(generation);
+    let mut records = cursor.read(generation, Bound::End)?.stop_after(|h| !within(h));
+    for item in records.by_ref() {
+        let Resolved::Applied { kind, record } = item? else { continue };
+        if within(&record.header) {
+            apply(conn, &record, kind)?;
+            note(&mut out, &record);
+            on_record(&record);
         }
     }
-    out.torn_tail = scanner.tail().and_then(|t| t.torn);
-    if let Some((_, r)) = resolver.finish() {
+    out.stopped_early = records.stopped_early();
+    out.torn_tail = records.torn_tail();
+    drop(records);
+    if out.stopped_early {
+        return Ok(out);
+    }
+    if let Some(r) = cursor.finish() {
         apply(conn, &r, CallKind::Txn)?;
         note(&mut out, &r);
         on_record(&r);

@@ -193,6 +193,17 @@ pub struct Resolver<T> {
     pending: Option<(u32, T)>,
 }
 
+/// What the [`Resolver`] learnt about a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution<T> {
+    /// lightningd committed it (a transaction), or ran it (in place).
+    Committed { version: u32, kind: CallKind, item: T },
+    /// A transaction lightningd never committed: the same data_version came
+    /// again (superseded), or an in-place call at the version before it
+    /// (aborted).
+    Cancelled { version: u32, item: T },
+}
+
 /// A record that cannot follow the records before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discontinuity {
@@ -229,24 +240,27 @@ impl<T> Resolver<T> {
         self.tip
     }
 
-    /// Feeds the next record; `emit` receives each record now known to be
-    /// committed (or, for in-place records, applied), in order.
+    /// Feeds the next record; `emit` receives, in order, each record now
+    /// known to be committed (or, for in-place records, applied), and each
+    /// transaction now known never to have been committed.
     pub fn push(
         &mut self,
         n: u32,
         kind: CallKind,
         item: T,
-        mut emit: impl FnMut(u32, CallKind, T),
+        mut emit: impl FnMut(Resolution<T>),
     ) -> Result<(), Discontinuity> {
         let decision = decide(self.tip, n, kind);
         match decision {
             Decision::Append => {
-                if let Some((v, t)) = self.pending.take() {
-                    emit(v, CallKind::Txn, t);
+                if let Some((version, item)) = self.pending.take() {
+                    emit(Resolution::Committed { version, kind: CallKind::Txn, item });
                 }
             }
             Decision::Supersede | Decision::Abort => {
-                self.pending = None;
+                if let Some((version, item)) = self.pending.take() {
+                    emit(Resolution::Cancelled { version, item });
+                }
             }
             Decision::NewGeneration { .. } | Decision::Halt(_) => {
                 return Err(Discontinuity { tip: self.tip, data_version: n, kind });
@@ -254,7 +268,7 @@ impl<T> Resolver<T> {
         }
         match kind {
             CallKind::Txn => self.pending = Some((n, item)),
-            CallKind::InPlace => emit(n, kind, item),
+            CallKind::InPlace => emit(Resolution::Committed { version: n, kind, item }),
         }
         self.tip = tip_after(n, kind);
         Ok(())
@@ -352,7 +366,11 @@ mod tests {
         let mut r = Resolver::new(base);
         let mut out = vec![];
         for (i, &(n, k)) in calls.iter().enumerate() {
-            r.push(n, k, i, |_, _, i| out.push(i))?;
+            r.push(n, k, i, |res| {
+                if let Resolution::Committed { item, .. } = res {
+                    out.push(item)
+                }
+            })?;
         }
         Ok((out, r.finish().map(|(_, i)| i)))
     }
@@ -371,6 +389,25 @@ mod tests {
         assert_eq!(resolve(0, &[(1, Txn), (2, Txn), (1, InPlace), (2, Txn)]).unwrap(), (vec![0, 2], Some(3)));
         // Superseded twice.
         assert_eq!(resolve(0, &[(1, Txn), (1, Txn), (1, Txn)]).unwrap(), (vec![], Some(2)));
+    }
+
+    #[test]
+    fn resolver_names_what_it_cancels() {
+        let mut r = Resolver::new(3);
+        let mut seen = vec![];
+        for (i, (n, k)) in [(4, Txn), (4, Txn), (5, Txn), (4, InPlace)].into_iter().enumerate() {
+            r.push(n, k, i, |res| seen.push(res)).unwrap();
+        }
+        assert_eq!(
+            seen,
+            [
+                Resolution::Cancelled { version: 4, item: 0 },
+                Resolution::Committed { version: 4, kind: Txn, item: 1 },
+                Resolution::Cancelled { version: 5, item: 2 },
+                Resolution::Committed { version: 4, kind: InPlace, item: 3 },
+            ]
+        );
+        assert_eq!(r.finish(), None);
     }
 
     #[test]

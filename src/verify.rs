@@ -8,10 +8,10 @@
 //! problem names its generation, data_version and byte offset where known.
 
 use crate::files::file_crc32c;
-use crate::journal::format::RecordKind;
-use crate::journal::reader::{Generation, JournalError};
+use crate::journal::reader::{Generation, JournalError, Record};
+use crate::journal::{Bound, Cursor, Resolved};
 use crate::replay;
-use crate::state::{Resolver, Tip};
+use crate::state::Tip;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -78,81 +78,103 @@ fn check_generation(g: &Generation, problems: &mut Vec<Problem>) -> GenerationCh
         )),
         Err(e) => problems.push(problem(Some(g.number), None, None, format!("{e:#}"))),
     }
-    let mut resolver: Resolver<()> = Resolver::new(g.header.base_version);
-    let mut scanner = g.records();
-    for rec in scanner.by_ref() {
-        let rec = match rec {
-            Ok(r) => r,
-            Err(JournalError::Corrupt { loc, detail }) => {
-                problems.push(problem(Some(g.number), None, Some(loc.to_string()), detail));
-                return check;
-            }
-            Err(e) => {
-                problems.push(problem(Some(g.number), None, None, e.to_string()));
-                return check;
-            }
-        };
-        check.records += 1;
-        let v = rec.header.data_version;
-        if rec.header.kind == RecordKind::Seal {
-            let sealed = Tip::At { version: v, pending_txn: rec.header.is_txn() };
-            if sealed != resolver.tip() {
-                problems.push(problem(
-                    Some(g.number),
-                    Some(v),
-                    Some(rec.loc.to_string()),
-                    "seal record disagrees with the records before it",
-                ));
-            }
-            continue;
-        }
-        match rec.statements() {
-            Err(e) => problems.push(problem(Some(g.number), Some(v), Some(rec.loc.to_string()), e.to_string())),
-            // A filtered generation's records hold nothing its filter leaves out.
-            Ok(stmts) => {
-                if let Some(s) = stmts.iter().find(|s| !g.header.filter.keeps(s)) {
-                    problems.push(problem(
-                        Some(g.number),
-                        Some(v),
-                        Some(rec.loc.to_string()),
-                        format!(
-                            "generation filtered with \"{}\" holds a statement its filter leaves out: {}",
-                            g.header.filter.name(),
-                            s.chars().take(80).collect::<String>()
-                        ),
-                    ));
-                }
-            }
-        }
-        if let Err(d) = resolver.push(v, rec.call_kind(), (), |_, _, _| {}) {
-            problems.push(problem(Some(g.number), Some(v), Some(rec.loc.to_string()), d.to_string()));
+    let mut cursor = Cursor::start(g);
+    let mut records = match cursor.read(g, Bound::End) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(problem(Some(g.number), None, None, e.to_string()));
             return check;
         }
-        check.last_version = v;
+    };
+    for item in records.by_ref() {
+        match item {
+            Ok(Resolved::Applied { record, .. } | Resolved::Cancelled(record)) => {
+                check_statements(g, &record, problems)
+            }
+            Err(e) => problems.push(journal_problem(g, e)),
+        }
     }
-    check.torn_tail = scanner.tail().and_then(|t| t.torn).map(|loc| loc.to_string());
+    let torn = records.torn_tail();
+    drop(records);
+    check.records = cursor.records_read();
+    if let Some(h) = cursor.last() {
+        check.last_version = h.data_version;
+    }
+    check.torn_tail = torn.map(|loc| loc.to_string());
+    if let Some(pending) = cursor.finish() {
+        check_statements(g, &pending, problems);
+    }
     check
+}
+
+/// A change's statements decode, and a filtered generation's records hold
+/// nothing its filter leaves out.
+fn check_statements(g: &Generation, rec: &Record, problems: &mut Vec<Problem>) {
+    match rec.statements() {
+        Err(e) => problems.push(at(g, rec, e.to_string())),
+        Ok(stmts) => {
+            if let Some(s) = stmts.iter().find(|s| !g.header.filter.keeps(s)) {
+                problems.push(at(
+                    g,
+                    rec,
+                    format!(
+                        "generation filtered with \"{}\" holds a statement its filter leaves out: {}",
+                        g.header.filter.name(),
+                        s.chars().take(80).collect::<String>()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// A problem the journal's reader found, at its location.
+fn journal_problem(g: &Generation, e: JournalError) -> Problem {
+    let (version, loc) = match &e {
+        JournalError::Corrupt { loc, detail } => {
+            return problem(Some(g.number), None, Some(loc.to_string()), detail.clone());
+        }
+        JournalError::Discontinuous { loc, discontinuity } => (Some(discontinuity.data_version), Some(*loc)),
+        JournalError::SealMismatch { loc, sealed: Tip::At { version, .. }, .. } => (Some(*version), Some(*loc)),
+        JournalError::SealMismatch { loc, .. } => (None, Some(*loc)),
+        _ => (None, None),
+    };
+    problem(Some(g.number), version, loc.map(|l| l.to_string()), e.to_string())
+}
+
+fn at(g: &Generation, rec: &Record, detail: String) -> Problem {
+    problem(Some(g.number), Some(rec.header.data_version), Some(rec.loc.to_string()), detail)
 }
 
 /// Verifies the journal at `from`. `Err` only for a journal that cannot be
 /// read at all; everything else is a [`Problem`] in the report.
 pub fn verify(from: &Path, replay_newest: bool) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let numbers = crate::journal::layout::list_generations(from)?;
-    if numbers.is_empty() {
+    let listed = crate::journal::reader::generations_each(from)?;
+    if listed.is_empty() {
         report.problems.push(problem(None, None, Some(from.display().to_string()), "the journal holds no generation"));
         return Ok(report);
     }
     let mut generations = vec![];
-    for n in numbers {
-        match Generation::open(from, n) {
+    for g in listed {
+        match g {
             Ok(g) => generations.push(g),
-            Err(e) => report.problems.push(problem(Some(n), None, None, e.to_string())),
+            Err((n, e)) => report.problems.push(problem(Some(n), None, None, e.to_string())),
         }
     }
     let mut previous: Option<GenerationCheck> = None;
-    for g in &generations {
-        let check = check_generation(g, &mut report.problems);
+    let mut checks = vec![];
+    generations.retain(|g| {
+        let mut found = vec![];
+        let check = check_generation(g, &mut found);
+        if !found.is_empty() && crate::journal::reader::retired_since(g) {
+            return false;
+        }
+        report.problems.append(&mut found);
+        checks.push(check);
+        true
+    });
+    for (g, check) in generations.iter().zip(checks) {
         if let Some(prev) = &previous {
             if g.header.base_kind == crate::journal::format::BaseKind::Compacted {
                 // A compacted generation rolls up its predecessor: its base is

@@ -3,16 +3,20 @@
 //! - [`format`]: the bytes of segment headers and records (docs/FORMAT.md);
 //! - [`layout`]: the directory and file names;
 //! - [`writer`]: appending, durably, from the hook;
-//! - [`reader`]: scanning, with torn tails told apart from damage.
+//! - [`reader`]: scanning, with torn tails told apart from damage;
+//! - [`committed`]: the one path through a generation's records that
+//!   restore, verify, compaction and the mirror share.
 //!
 //! What the records *mean* (which ones lightningd committed) is decided by
 //! [`crate::state`], shared by the writer and every reader.
 
+pub mod committed;
 pub mod format;
 pub mod layout;
 pub mod reader;
 pub mod writer;
 
+pub use committed::{Bound, Committed, Cursor, Resolved};
 pub use reader::{Generation, JournalError, Record, RecordLoc};
 pub use writer::{Journal, SnapshotMade};
 

@@ -45,6 +45,13 @@ pub enum JournalError {
     Layout { path: PathBuf, detail: String },
     #[error("corrupt journal at {loc}: {detail}")]
     Corrupt { loc: RecordLoc, detail: String },
+    /// A record the data_version discipline says cannot follow the records
+    /// before it (inside one generation, every record continues its tip).
+    #[error("corrupt journal at {loc}: {discontinuity}")]
+    Discontinuous { loc: RecordLoc, discontinuity: crate::state::Discontinuity },
+    /// A seal record that does not repeat the tip its records lead to.
+    #[error("corrupt journal at {loc}: seal record disagrees with the records before it (it says {sealed:?}, they lead to {records:?})")]
+    SealMismatch { loc: RecordLoc, sealed: crate::state::Tip, records: crate::state::Tip },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -282,6 +289,10 @@ pub struct RecordScanner<'g> {
     last: Option<RecordHeader>,
     next: RecordLoc,
     failed: bool,
+    /// Read no record past this sequence number: a follower never looks past
+    /// the writer's last durable record (what lies beyond may be zeros, a torn
+    /// write, or a record being written).
+    seq_max: Option<u64>,
 }
 
 impl<'g> RecordScanner<'g> {
@@ -298,7 +309,24 @@ impl<'g> RecordScanner<'g> {
             last: None,
             next: RecordLoc { generation: generation.number, segment: s.index, offset: block },
             failed: false,
+            seq_max: None,
         }
+    }
+
+    /// Stops after record `seq` (inclusive); `None` reads to the end.
+    pub fn until_seq(mut self, seq: Option<u64>) -> Self {
+        self.seq_max = seq;
+        self
+    }
+
+    /// The sequence number of the next record this scanner would read.
+    pub fn next_seq(&self) -> u64 {
+        self.expected_seq.unwrap_or(1)
+    }
+
+    /// Where the next record starts.
+    pub fn next_loc(&self) -> RecordLoc {
+        self.next
     }
 
     /// How the journal ends; `None` until the iterator has returned `None`.
@@ -345,6 +373,10 @@ impl<'g> RecordScanner<'g> {
         let block = self.generation.block_bytes() as u64;
         loop {
             if self.end.is_some() {
+                return Ok(None);
+            }
+            if self.seq_max.is_some_and(|m| self.next_seq() > m) {
+                self.finish(None);
                 return Ok(None);
             }
             let seg = &self.generation.segments[self.seg];
@@ -443,24 +475,66 @@ impl Iterator for RecordScanner<'_> {
     }
 }
 
+/// A listed generation, opened, or its number and why it does not open.
+pub type Opened = Result<Generation, (u64, JournalError)>;
+
 /// The complete generations of a journal, oldest first.
 pub fn generations(journal: &Path) -> Result<Vec<Generation>, JournalError> {
+    generations_each(journal)?.into_iter().map(|g| g.map_err(|(_, e)| e)).collect()
+}
+
+/// Every generation of a journal, oldest first, each opened on its own: a
+/// caller that reports damage (verify, status) goes on past a generation that
+/// does not open. The one listing of generations every reader uses.
+pub fn generations_each(journal: &Path) -> Result<Vec<Opened>, JournalError> {
     let numbers = layout::list_generations(journal)
         .map_err(|e| JournalError::Layout { path: journal.to_path_buf(), detail: format!("{e:#}") })?;
+    Ok(open_listed(journal, &numbers))
+}
+
+/// Opens the generations `numbers` listed a moment ago.
+fn open_listed(journal: &Path, numbers: &[u64]) -> Vec<Opened> {
     let mut out = Vec::with_capacity(numbers.len());
-    for g in numbers {
+    for &g in numbers {
         match Generation::open(journal, g) {
-            Ok(gen) => out.push(gen),
+            Ok(gen) => out.push(Ok(gen)),
             // Retired (renamed away) since it was listed, by a plugin running
             // on this journal: the same as listing a moment later.
             Err(_) if !layout::generation_dir(journal, g).exists() => {}
-            Err(e) => return Err(e),
+            Err(e) => out.push(Err((g, e))),
         }
     }
-    Ok(out)
+    out
+}
+
+/// Whether generation `number` has been retired (renamed away) since it was
+/// opened: a reader that fails on it read a generation that retention
+/// removed under it, not a damaged one.
+pub fn retired_since(g: &Generation) -> bool {
+    !g.dir.exists()
 }
 
 /// Whether a record of this kind is a change (as opposed to a seal marker).
 pub fn is_change(h: &RecordHeader) -> bool {
     h.kind == RecordKind::Change
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A generation retired between listing and opening is skipped as if the
+    /// journal had been listed a moment later; one that is there but does
+    /// not open is an error.
+    #[test]
+    fn a_generation_retired_after_listing_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(layout::generation_dir(dir.path(), 2)).unwrap();
+        let listed = open_listed(dir.path(), &[1, 2]);
+        assert_eq!(listed.len(), 1, "generation 1 is gone, generation 2 is listed");
+        match &listed[0] {
+            Err((2, JournalError::Layout { detail, .. })) => assert!(detail.contains("no segment"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

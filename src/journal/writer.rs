@@ -26,7 +26,7 @@ use super::{Compression, JournalOptions, Progress};
 use crate::clock::now_unix_ms;
 use crate::device::{self, AlignedBuf, Device, DeviceFile};
 use crate::filter::Filter;
-use crate::state::{tip_after, CallKind, Tip};
+use crate::state::{tip_after, CallKind, Resolver, Tip};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::{self, File};
 use std::io;
@@ -776,20 +776,18 @@ impl Journal {
         }
         // The carried records must continue the compacted base exactly as they
         // continued the current generation: same decisions, same tip.
-        let mut tip = Tip::At { version: h.base_version, pending_txn: false };
+        let mut resolver: Resolver<()> = Resolver::new(h.base_version);
         let mut bytes = h.block_bytes as u64;
         for r in carried {
             if r.header.kind != RecordKind::Change {
                 bail!("only change records are carried into a new generation");
             }
-            let kind = r.call_kind();
-            match crate::state::decide(tip, r.header.data_version, kind) {
-                crate::state::Decision::Append | crate::state::Decision::Supersede | crate::state::Decision::Abort => {}
-                other => bail!("carried record {} cannot follow {tip:?}: {other:?}", r.header.data_version),
-            }
-            tip = tip_after(r.header.data_version, kind);
+            resolver
+                .push(r.header.data_version, r.call_kind(), (), |_| {})
+                .map_err(|d| anyhow!("a carried record cannot continue the compacted base: {d}"))?;
             bytes += r.header.disk_bytes(h.block_bytes);
         }
+        let tip = resolver.tip();
         if tip != self.tip {
             bail!("the compacted generation would end at {tip:?}, the journal is at {:?}", self.tip);
         }
