@@ -28,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -37,7 +38,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from realnode import (  # noqa: E402
     Background, Env, Failure, Payer, RpcError, compare_dbs, data_version, db_snapshot, journal_status, journal_tip, log,
-    restore, setup_star, wait_for)
+    restore, run, setup_star, wait_for)
 from suite import (  # noqa: E402
     SUMMARY, Phase, check_journal, diff_views, forget_routing_failures, log_lines, mine_and_sync, normalized_views,
     timed_stop, wait_all_htlcs, wait_mesh, wait_same_views)
@@ -351,7 +352,13 @@ def run_upgrade(env, scaled):
             raise Failure('the refused start changed the database or the journal')
         log('refused (rc %d): %s; database and journal untouched' % (rc, refused[0].split(': ', 1)[-1][:120]))
 
-    with Phase('4. v26.06 with --database-upgrade=true: the migration through the hook'):
+    if env.loop is not None:
+        with Phase('4. the migration refused: the backup device is read-only'):
+            refused_migration(env, a, old_dv)
+    else:
+        log('NOTE: no loop device (not root, or --no-loop): the refused-migration step is skipped')
+
+    with Phase('5. v26.06 with --database-upgrade=true: the migration through the hook'):
         offset = a.log_size()
         info = a.start(lightningd=env.lightningd,
                        extra=['--database-upgrade=true', '--log-level=io:plugin-cln-replica']).rpc.getinfo()
@@ -383,7 +390,7 @@ def run_upgrade(env, scaled):
             'and events (%d accounts, %d events)' % (len(bkpr_new['bkpr-listbalances']),
                                                      len(bkpr_new['bkpr-listaccountevents'])))
 
-    with Phase('5. the upgraded node runs; clean stop; the journal'):
+    with Phase('6. the upgraded node runs; clean stop; the journal'):
         pay_mix(payer, a, b, c, scaled(40), 'v26.06', a_is_old=False)
         a.rpc.datastore(['upgrade', 'k'], string='after the upgrade', mode='must-replace')
         mine_and_sync(env, nodes, 2)
@@ -400,7 +407,7 @@ def run_upgrade(env, scaled):
             raise Failure('the mirror differs from the upgraded database: %s' % diffs[:5])
         log('the mirror equals the upgraded database (data_version %d)' % data_version(a.mirror))
 
-    with Phase('6. restore --at the last v25.05 version; v25.05 opens it'):
+    with Phase('7. restore --at the last v25.05 version; v25.05 opens it'):
         old_restored = os.path.join(env.workdir, 'restored-v25.05.sqlite3')
         rep = restore(env, a.journal, old_restored, at=old_dv)
         diffs = compare_dbs(old_copy, old_restored)
@@ -411,7 +418,7 @@ def run_upgrade(env, scaled):
         SUMMARY['checks'].append('restore --at %d: equal to the v25.05 database (schema %d)' % (old_dv, OLD_SCHEMA))
         boot_old(env, old_lightningd, a, old_restored, views_old)
 
-    with Phase('7. a v26.06 node on the restored upgraded database'):
+    with Phase('8. a v26.06 node on the restored upgraded database'):
         restored = os.path.join(env.workdir, 'restored.sqlite3')
         rep = restore(env, a.journal, restored)
         if compare_dbs(a.db, restored) or rep['data_version'] != new_dv:
@@ -440,6 +447,46 @@ def run_upgrade(env, scaled):
         for x in (b, c):
             x.stop()
     SUMMARY['payments'] = json.dumps(payer.counts, sort_keys=True)
+
+
+def refused_migration(env, a, old_dv):
+    """The backup device is remounted read-only: the plugin cannot open the
+    journal at the migration's hook and refuses it; lightningd stops without
+    committing, and the database is still v25.05's. With the device back, the
+    next step's start sends the same migration again."""
+    tip = journal_tip(env, a.journal)
+    run(['mount', '-o', 'remount,ro', env.loop.mnt])
+    stdout = os.path.join(a.dir, 'stdout.log')
+    try:
+        offset, out_offset = a.log_size(), os.path.getsize(stdout)
+        a.start(lightningd=env.lightningd, wait=False, extra=['--database-upgrade=true'])
+        rc = a.wait_exit(what='the migration refused by the plugin')
+    finally:
+        run(['mount', '-o', 'remount,rw', env.loop.mnt])
+    # The plugin logs why; lightningd's fatal() prints the refused answer on
+    # its stderr.
+    said = log_lines(a, r'plugin-cln-replica: cln-replica: cannot open the journal', offset)
+    with open(stdout, 'rb') as f:
+        f.seek(out_offset)
+        fatal = [x for x in f.read().decode('utf-8', 'replace').splitlines() if 'returned failed db_write' in x]
+    if rc == 0 or not said or not fatal:
+        raise Failure('with the backup device read-only, lightningd exited with rc %s; the plugin\'s refusal is %sin '
+                      'its log, lightningd\'s fatal error %son its stderr'
+                      % (rc, '' if said else 'not ', '' if fatal else 'not '))
+    snap = db_snapshot(a.db, os.path.join(env.workdir, 'after-refused-migration.sqlite3'))
+    conn = sqlite3.connect(snap)
+    try:
+        schema = conn.execute('SELECT version FROM version').fetchone()[0]
+    finally:
+        conn.close()
+    if schema != OLD_SCHEMA or data_version(snap) != old_dv or journal_tip(env, a.journal) != tip:
+        raise Failure('after the refused migration: schema %d, data_version %d, journal %s (expected %d, %d, %s)'
+                      % (schema, data_version(snap), journal_tip(env, a.journal), OLD_SCHEMA, old_dv, tip))
+    os.unlink(snap)
+    why = said[0].split('plugin-cln-replica: cln-replica: ', 1)[-1].strip()
+    log('refused (rc %d): %s; the database is still schema %d at data_version %d' % (rc, why[:160], schema, old_dv))
+    SUMMARY['refused_migration'] = 'lightningd stopped (rc %d), database still schema %d: %s' % (rc, schema,
+                                                                                                why[:120])
 
 
 def first_upgrade_hook(env, a, old_dv, before_init, moves, gen):
@@ -481,6 +528,9 @@ def first_upgrade_hook(env, a, old_dv, before_init, moves, gen):
     log('%d db_write call(s) answered before init (data_versions %d..%d, %d statements in all); the migration was '
         'the first' % (before_init, pre[0]['data_version'], pre[-1]['data_version'],
                        sum(len(r['statements']) for r in pre)))
+    for r in pre[1:]:
+        log('  then data_version %d: %d statement(s), %s...' % (r['data_version'], len(r['statements']),
+                                                             r['statements'][0][:60] if r['statements'] else ''))
     SUMMARY['upgrade_first_db_write'] = facts
     SUMMARY['upgrade_calls_before_init'] = '%d (the migration first)' % before_init
     SUMMARY['upgrade_calls_after'] = '%d journal records after the migration up to the clean stop' % (len(after) - 1)
