@@ -416,7 +416,7 @@ def run_upgrade(env, scaled):
                           % (old_dv, rep['data_version'], '\n  '.join(diffs[:30])))
         log('restore --at %d == the v25.05 database copied at its clean stop, table by table' % old_dv)
         SUMMARY['checks'].append('restore --at %d: equal to the v25.05 database (schema %d)' % (old_dv, OLD_SCHEMA))
-        boot_old(env, old_lightningd, a, old_restored, views_old)
+        boot_old(env, old_lightningd, a, old_restored, views_old, old_dv)
 
     with Phase('8. a v26.06 node on the restored upgraded database'):
         restored = os.path.join(env.workdir, 'restored.sqlite3')
@@ -536,18 +536,42 @@ def first_upgrade_hook(env, a, old_dv, before_init, moves, gen):
     SUMMARY['upgrade_calls_after'] = '%d journal records after the migration up to the clean stop' % (len(after) - 1)
 
 
-def boot_old(env, old_lightningd, a, old_restored, views_old):
-    """v25.05 opens the restored pre-upgrade database: in a lightning-dir of
-    its own (a's hsm_secret, the accounts.sqlite3 the upgrade left in place),
-    --offline: a node on an old state must not meet the peers, which would
-    see it behind and a's channels would be lost to the test. No plugin:
-    this is a look at an old copy, not a node to back up."""
+def boot_old(env, old_lightningd, a, old_restored, views_old, old_dv):
+    """v25.05 opens the restored pre-upgrade database, in a lightning-dir of
+    its own (a's hsm_secret, the accounts.sqlite3 the upgrade left in place).
+
+    First with the plugin on a's journal, as an operator who rolls back
+    would start it: the journal already holds the upgrade's changes, so the
+    plugin must refuse the first hook (the database went backwards) and
+    lightningd stop without committing. Then --offline without the plugin: a
+    node on an old state must not meet the peers (they would see it behind,
+    and a's channels would be lost to the test); it shows step 2's views."""
     d = os.path.join(env.workdir, 'a-v25.05-restored')
     old = env.node('a-v25.05-restored', replica=False, lightning_dir=d)
     shutil.copyfile(os.path.join(a.netdir, 'hsm_secret'), os.path.join(old.netdir, 'hsm_secret'))
     os.chmod(os.path.join(old.netdir, 'hsm_secret'), 0o400)
     shutil.copyfile(os.path.join(a.netdir, 'accounts.sqlite3'), os.path.join(old.netdir, 'accounts.sqlite3'))
     shutil.copyfile(old_restored, old.db)
+
+    config = os.path.join(old.netdir, 'cln-replica.toml')
+    with open(config, 'w') as f:
+        f.write('journal = "%s"\n' % a.journal)
+    tip = journal_tip(env, a.journal)
+    offset = old.log_size()
+    old.start(lightningd=old_lightningd, with_plugin=True, wait=False, extra=['--offline'])
+    rc = old.wait_exit(what='the plugin refusing a database older than its journal')
+    halted = log_lines(old, r'lightningd\'s database is at data_version \d+ but the backup already holds', offset)
+    if rc == 0 or not halted:
+        raise Failure('v25.05 with the plugin on the rolled-back database: rc %s, the plugin %s' % (
+            rc, 'refused' if halted else 'did not refuse (it should: the database went backwards)'))
+    if data_version(db_snapshot(old.db, old.db + '.check')) != old_dv or journal_tip(env, a.journal) != tip:
+        raise Failure('the refused rolled-back start changed the database or the journal')
+    os.unlink(old.db + '.check')
+    os.unlink(config)
+    why = halted[0][halted[0].index("lightningd's database"):].strip()
+    log('v25.05 with the plugin on the rolled-back database: refused (rc %d): %s' % (rc, why[:140]))
+    SUMMARY['rollback_with_plugin'] = 'refused, lightningd stopped (rc %d): %s' % (rc, why[:110])
+
     info = old.start(lightningd=old_lightningd, extra=['--offline']).rpc.getinfo()
     if not info['version'].startswith('v25.05') or info['id'] != a.id:
         raise Failure('the node on the restored v25.05 database is %s %s' % (info['version'], info['id']))
