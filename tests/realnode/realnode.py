@@ -344,9 +344,10 @@ class Env:
 
         log('work directory %s' % self.workdir)
         self.cln = os.path.join(self.workdir, 'cln')
-        os.makedirs(self.cln)
-        run(['tar', '-C', self.cln, '-xJf', tarball])
-        self.lightningd = os.path.join(self.cln, 'bin', 'lightningd')
+        # Every extracted CLN build: cleanup kills only processes running
+        # an executable from one of them (or the plugin, or Python).
+        self.builds = []
+        self.lightningd = self.extract_build(tarball, self.cln)
         # lightningd passes --developer to plugins in developer mode, and
         # fakechain.py takes any argument for its CLI: start it bare.
         self.fakechain_plugin = os.path.join(self.workdir, 'fakechain-plugin')
@@ -373,6 +374,16 @@ class Env:
             elif not self.root:
                 log('NOTE: not root: the journal lives in a temporary directory (%s), not on its own '
                     'loop device; the disk-full test is skipped' % self.backup_dir)
+
+    def extract_build(self, tarball, dest):
+        """Extracts a CLN build (the shared kit's layout) into dest; returns
+        its lightningd."""
+        if not os.path.exists(tarball):
+            raise Failure('%s not found (set CLN_SHARED_DIR to the directory holding it)' % tarball)
+        os.makedirs(dest)
+        run(['tar', '-C', dest, '-xJf', tarball])
+        self.builds.append(os.path.realpath(dest))
+        return os.path.join(dest, 'bin', 'lightningd')
 
     def _on_signal(self, signum, frame):
         log('signal %d: cleaning up' % signum)
@@ -490,12 +501,13 @@ class Node:
             for line in tail:
                 print('  ' + line)
 
-    def start(self, with_plugin=None, wait=True, extra=()):
-        """Starts lightningd; with_plugin defaults to this node's `replica`."""
+    def start(self, with_plugin=None, wait=True, extra=(), lightningd=None):
+        """Starts lightningd (the Env's build unless `lightningd` names
+        another); with_plugin defaults to this node's `replica`."""
         if self.proc is not None:
             raise Failure('%s already running' % self.name)
         with_plugin = self.replica if with_plugin is None else with_plugin
-        cmd = [self.env.lightningd,
+        cmd = [lightningd or self.env.lightningd,
                '--developer',
                '--network=regtest',
                '--lightning-dir=' + self.dir,
@@ -629,10 +641,10 @@ class Node:
         alive = [p for p in self.pids if pid_alive(p)]
         # Only our own processes: a pid recorded as ours may have been reused
         # by now; kill it only if it still runs one of our executables.
-        ours = (self.env.plugin, os.path.realpath(self.env.lightningd), os.path.realpath(sys.executable))
+        ours = (self.env.plugin, os.path.realpath(sys.executable))
         for p in alive:
             exe = exe_of(p) or ''
-            if exe in ours or exe.startswith(os.path.realpath(self.env.cln)):
+            if exe in ours or any(exe.startswith(b + os.sep) for b in self.env.builds):
                 kill_pids([p])
         self.proc, self.rpc = None, None
 
