@@ -41,8 +41,9 @@ use crate::device::Device;
 use crate::files::file_crc32c;
 use crate::journal::format::{BaseKind, RecordKind, SegmentHeader};
 use crate::journal::reader::{self, Generation, Record, RecordLoc};
-use crate::journal::writer::{self, PreparedGeneration};
+use crate::journal::writer::PreparedGeneration;
 use crate::journal::{layout, Bound, Cursor, Journal, JournalOptions, Progress, Resolved};
+use crate::journal::{retention, segment, WriteError};
 use crate::replay;
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
@@ -109,7 +110,7 @@ impl Builder {
         crash_point("compact-snapshot-copied");
         let block_bytes = old.block_bytes();
         let segment_bytes = opts.segment_bytes.next_multiple_of(block_bytes as u64);
-        writer::create_zeroed_segment(
+        segment::create_zeroed_segment(
             device.as_ref(),
             &layout::segment_path(&dir, 1),
             segment_bytes,
@@ -189,7 +190,7 @@ impl Builder {
         if pending_bytes > self.segment_bytes / 2 {
             self.segment_bytes = (self.segment_bytes + pending_bytes + self.block_bytes as u64)
                 .next_multiple_of(self.block_bytes as u64);
-            writer::create_zeroed_segment(
+            segment::create_zeroed_segment(
                 self.device.as_ref(),
                 &seg,
                 self.segment_bytes,
@@ -212,7 +213,7 @@ impl Builder {
             // A roll-up of the old generation: the same records, so the same filter.
             filter: self.filter,
         };
-        writer::write_segment_header(self.device.as_ref(), &seg, &header, self.direct)?;
+        segment::write_segment_header(self.device.as_ref(), &seg, &header, self.direct)?;
         // The directory's entries now, off the hook: the switch only renames it.
         self.device.sync_dir(&self.dir).with_context(|| format!("cannot flush {}", self.dir.display()))?;
         crash_point("compact-prepared");
@@ -278,12 +279,12 @@ pub fn compact_offline(
     let started = std::time::Instant::now();
     let mut journal = match Journal::open(&config.journal, device.clone(), config.journal_options()) {
         Ok(j) => j,
-        Err(e) if format!("{e:#}").contains("another process is writing") => bail!(
+        Err(WriteError::Locked { lock, .. }) => bail!(
             "the plugin is running (it holds the journal's lock {}): ask it to compact with \
              `lightning-cli replica-compact` instead",
-            config.journal.join(layout::LOCK_FILE).display()
+            lock.display()
         ),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let generations = reader::generations(&config.journal)?;
     let Some(old) = generations.last() else { bail!("the journal holds no generation: nothing to compact") };
@@ -313,7 +314,8 @@ pub fn compact_offline(
         if was_sealed {
             journal.seal()?;
         }
-        let removed = writer::retire_generations(device.as_ref(), &config.journal, config.keep_generations as usize)?;
+        let removed =
+            retention::retire_generations(device.as_ref(), &config.journal, config.keep_generations as usize)?;
         Ok(CompactReport {
             old_generation: h.old_generation,
             generation,

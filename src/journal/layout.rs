@@ -11,7 +11,7 @@
 //!   gen-0000000003.tmp/           being created; ignored by readers, removed by the writer
 //! ```
 
-use anyhow::{Context, Result};
+use super::reader::JournalError;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,10 @@ pub fn segment_tmp_path(gen_dir: &Path, segment: u32) -> PathBuf {
     gen_dir.join(format!("{SEGMENT_PREFIX}{segment:08}{TMP_SUFFIX}"))
 }
 
+fn listing(dir: &Path) -> impl Fn(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io { path: dir.to_path_buf(), source }
+}
+
 fn parse_number<T: std::str::FromStr>(name: &str, prefix: &str) -> Option<T> {
     let digits = name.strip_prefix(prefix)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -57,12 +61,10 @@ fn parse_number<T: std::str::FromStr>(name: &str, prefix: &str) -> Option<T> {
 }
 
 /// The complete generations in a journal directory, oldest first.
-pub fn list_generations(journal: &Path) -> Result<Vec<u64>> {
+pub fn list_generations(journal: &Path) -> Result<Vec<u64>, JournalError> {
     let mut out = vec![];
-    let entries =
-        fs::read_dir(journal).with_context(|| format!("cannot list the journal directory {}", journal.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", journal.display()))?;
+    for entry in fs::read_dir(journal).map_err(listing(journal))? {
+        let entry = entry.map_err(listing(journal))?;
         if let Some(g) = entry.file_name().to_str().and_then(|n| parse_number::<u64>(n, GEN_PREFIX)) {
             out.push(g);
         }
@@ -72,10 +74,10 @@ pub fn list_generations(journal: &Path) -> Result<Vec<u64>> {
 }
 
 /// The segments of a generation, in order.
-pub fn list_segments(gen_dir: &Path) -> Result<Vec<u32>> {
+pub fn list_segments(gen_dir: &Path) -> Result<Vec<u32>, JournalError> {
     let mut out = vec![];
-    for entry in fs::read_dir(gen_dir).with_context(|| format!("cannot list {}", gen_dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot list {}", gen_dir.display()))?;
+    for entry in fs::read_dir(gen_dir).map_err(listing(gen_dir))? {
+        let entry = entry.map_err(listing(gen_dir))?;
         if let Some(s) = entry.file_name().to_str().and_then(|n| parse_number::<u32>(n, SEGMENT_PREFIX)) {
             out.push(s);
         }
@@ -85,10 +87,10 @@ pub fn list_segments(gen_dir: &Path) -> Result<Vec<u32>> {
 }
 
 /// Leftovers of an interrupted creation (`*.tmp`), directly under `dir`.
-pub fn list_tmp(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn list_tmp(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     let mut out = vec![];
-    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
+    for entry in fs::read_dir(dir).map_err(listing(dir))? {
+        let entry = entry.map_err(listing(dir))?;
         if entry.file_name().to_str().is_some_and(|n| n.ends_with(TMP_SUFFIX)) {
             out.push(entry.path());
         }

@@ -2,7 +2,10 @@
 //!
 //! - [`format`]: the bytes of segment headers and records (docs/FORMAT.md);
 //! - [`layout`]: the directory and file names;
-//! - [`writer`]: appending, durably, from the hook;
+//! - [`writer`]: appending, durably, from the hook; [`segment`] (segment
+//!   files), `preparer` (the next segment, made in the background),
+//!   `recovery` (the lock, and where the journal ends at open),
+//!   [`retention`] (removing old generations), [`error`];
 //! - [`reader`]: scanning, with torn tails told apart from damage;
 //! - [`committed`]: the one path through a generation's records that
 //!   restore, verify, compaction and the mirror share.
@@ -11,12 +14,18 @@
 //! [`crate::state`], shared by the writer and every reader.
 
 pub mod committed;
+pub mod error;
 pub mod format;
 pub mod layout;
+mod preparer;
 pub mod reader;
+mod recovery;
+pub mod retention;
+pub mod segment;
 pub mod writer;
 
 pub use committed::{Bound, Committed, Cursor, Resolved};
+pub use error::{DeviceFault, Poison, WriteError};
 pub use reader::{Generation, JournalError, Record, RecordLoc};
 pub use writer::{Journal, SnapshotMade};
 

@@ -82,8 +82,7 @@ impl Generation {
     /// 1..=n without holes and agree about the generation they belong to.
     pub fn open(journal: &Path, number: u64) -> Result<Generation, JournalError> {
         let dir = layout::generation_dir(journal, number);
-        let indices = layout::list_segments(&dir)
-            .map_err(|e| JournalError::Layout { path: dir.clone(), detail: format!("{e:#}") })?;
+        let indices = layout::list_segments(&dir)?;
         let mut segments: Vec<SegmentInfo> = Vec::with_capacity(indices.len());
         for (i, &index) in indices.iter().enumerate() {
             let path = layout::segment_path(&dir, index);
@@ -487,8 +486,7 @@ pub fn generations(journal: &Path) -> Result<Vec<Generation>, JournalError> {
 /// caller that reports damage (verify, status) goes on past a generation that
 /// does not open. The one listing of generations every reader uses.
 pub fn generations_each(journal: &Path) -> Result<Vec<Opened>, JournalError> {
-    let numbers = layout::list_generations(journal)
-        .map_err(|e| JournalError::Layout { path: journal.to_path_buf(), detail: format!("{e:#}") })?;
+    let numbers = layout::list_generations(journal)?;
     Ok(open_listed(journal, &numbers))
 }
 

@@ -6,7 +6,9 @@
 //! into preallocated space matters: on ext4 an appending write makes every
 //! fdatasync commit a metadata journal transaction (measured 3-4x slower on a
 //! loop device). Segments are therefore created ahead of need by a background
-//! thread ([`Preparer`]), off the hook's path.
+//! thread ([`super::preparer`]), off the hook's path. Opening, retention and the
+//! segment files themselves have their own modules ([`super::recovery`],
+//! [`super::retention`], [`super::segment`]).
 //!
 //! Invariants (asserted where they are established):
 //! - a record is written at a block boundary into blocks no acknowledged
@@ -17,27 +19,23 @@
 //! - a generation becomes visible (its directory renamed from `.tmp`) only
 //!   once its snapshot and first segment are durable.
 
+use super::error::{io_at, Poison, WriteError};
 use super::format::{
     self, BaseKind, RecordHeader, RecordKind, SegmentHeader, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
 };
 use super::layout;
-use super::reader::Generation;
+use super::preparer::Preparer;
+use super::recovery;
+use super::segment::{self, write_error};
 use super::{Compression, JournalOptions, Progress};
 use crate::clock::now_unix_ms;
-use crate::device::{self, AlignedBuf, Device, DeviceFile};
+use crate::device::{AlignedBuf, Device, DeviceFile};
 use crate::filter::Filter;
 use crate::state::{tip_after, CallKind, Resolver, Tip};
-use anyhow::{anyhow, bail, Context, Result};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-
-/// Zero-fill chunk when creating a segment.
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
+use std::sync::Arc;
 
 /// zstd level for records compressed on the hook's path. Level 1: against
 /// level 3 on the fixture trace's 702 multi-block records (docs/COMPRESSION.md)
@@ -54,13 +52,14 @@ struct RecordCompressor {
 }
 
 impl RecordCompressor {
-    fn new() -> Result<RecordCompressor> {
+    fn new() -> Result<RecordCompressor, WriteError> {
         use zstd::zstd_safe::CParameter;
-        let mut cctx = zstd::bulk::Compressor::new(RECORD_ZSTD_LEVEL).context("cannot create a zstd compressor")?;
+        let fail = |e: io::Error| WriteError::Io { what: "cannot set up the zstd compressor".into(), source: e };
+        let mut cctx = zstd::bulk::Compressor::new(RECORD_ZSTD_LEVEL).map_err(fail)?;
         // The reader bounds decompression by the declared size; the record's
         // CRC already covers the frame, so zstd's own checksum would add nothing.
-        cctx.set_parameter(CParameter::ContentSizeFlag(true)).context("zstd: content size")?;
-        cctx.set_parameter(CParameter::ChecksumFlag(false)).context("zstd: checksum")?;
+        cctx.set_parameter(CParameter::ContentSizeFlag(true)).map_err(fail)?;
+        cctx.set_parameter(CParameter::ChecksumFlag(false)).map_err(fail)?;
         Ok(RecordCompressor { cctx, out: Vec::new() })
     }
 }
@@ -116,7 +115,7 @@ pub struct Journal {
     buf: AlignedBuf,
     /// `Some` when `opts.compression` is zstd.
     compressor: Option<RecordCompressor>,
-    poisoned: Option<String>,
+    poisoned: Option<Poison>,
     preparer: Preparer,
     progress: Arc<Progress>,
     /// The last record written is a seal: sealing again adds nothing.
@@ -126,89 +125,19 @@ pub struct Journal {
     durable_end: (u64, u32, u64),
 }
 
-fn lock_journal(dir: &Path) -> Result<File> {
-    let path = dir.join(layout::LOCK_FILE);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the journal lock {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            bail!(
-                "another process is writing to the journal {} (it holds {}): only one node may use a journal",
-                dir.display(),
-                path.display()
-            );
-        }
-        return Err(err).with_context(|| format!("cannot lock {}", path.display()));
-    }
-    Ok(file)
-}
-
-fn direct_io_context(err: io::Error, path: &Path, direct: bool) -> anyhow::Error {
-    if direct && device::is_direct_io_refusal(&err) {
-        anyhow!(
-            "the filesystem holding {} refuses O_DIRECT ({err}); cln-replica needs it to know that a change \
-             reached the device. Put the journal on a real block device, or set `direct_io = false` in \
-             cln-replica.toml to accept buffered writes with fdatasync",
-            path.display()
-        )
-    } else {
-        anyhow::Error::new(err).context(format!("cannot write {}", path.display()))
-    }
-}
-
-/// Creates segment `header.segment` in `gen_dir`: header block, zeros up to
-/// `header.segment_bytes`, flushed, then renamed into place and the directory
-/// flushed. Until the rename the segment does not exist for readers.
-pub(crate) fn create_segment(device: &dyn Device, gen_dir: &Path, header: &SegmentHeader, direct: bool) -> Result<()> {
-    let tmp = layout::segment_tmp_path(gen_dir, header.segment);
-    let path = layout::segment_path(gen_dir, header.segment);
-    let block = header.block_bytes as usize;
-    assert!(header.segment_bytes.is_multiple_of(block as u64), "segment size is whole blocks");
-    let mut f = device.create(&tmp, direct).map_err(|e| direct_io_context(e, &tmp, direct))?;
-    let mut buf = AlignedBuf::with_capacity(ZERO_CHUNK_BYTES.max(block));
-    buf.reset_zeroed(block);
-    buf[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    f.write_all_at(&buf, 0).map_err(|e| direct_io_context(e, &tmp, direct))?;
-    let mut offset = block as u64;
-    while offset < header.segment_bytes {
-        let n = (header.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
-        buf.reset_zeroed(n);
-        f.write_all_at(&buf, offset).map_err(|e| direct_io_context(e, &tmp, direct))?;
-        offset += n as u64;
-    }
-    f.sync_data().with_context(|| format!("cannot flush {}", tmp.display()))?;
-    drop(f);
-    device.rename(&tmp, &path).with_context(|| format!("cannot rename {}", tmp.display()))?;
-    device.sync_dir(gen_dir).with_context(|| format!("cannot flush the directory {}", gen_dir.display()))?;
-    Ok(())
-}
-
 impl Journal {
     /// Opens (creating if needed) the journal directory and finds its tip.
-    pub fn open(dir: &Path, device: Arc<dyn Device>, opts: JournalOptions) -> Result<Journal> {
-        opts.validate()?;
+    pub fn open(dir: &Path, device: Arc<dyn Device>, opts: JournalOptions) -> Result<Journal, WriteError> {
+        opts.validate().map_err(|e| WriteError::Refused(format!("{e:#}")))?;
         if !dir.is_dir() {
-            device.create_dir(dir).with_context(|| format!("cannot create the journal directory {}", dir.display()))?;
+            device.create_dir(dir).map_err(io_at(format!("cannot create the journal directory {}", dir.display())))?;
             if let Some(parent) = dir.parent() {
-                device.sync_dir(parent).with_context(|| format!("cannot flush {}", parent.display()))?;
+                device.sync_dir(parent).map_err(io_at(format!("cannot flush {}", parent.display())))?;
             }
         }
-        let lock = lock_journal(dir)?;
-        // Leftovers of a generation whose creation was interrupted: never
-        // visible, never acknowledged.
-        for tmp in layout::list_tmp(dir)? {
-            device.remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
-        }
+        let lock = recovery::lock_journal(dir)?;
+        recovery::remove_leftovers(device.as_ref(), dir, true)?;
         let generations = layout::list_generations(dir)?;
-        let progress = Arc::new(Progress::default());
         let compressor = match opts.compression {
             Compression::Off => None,
             Compression::Zstd => Some(RecordCompressor::new()?),
@@ -225,7 +154,7 @@ impl Journal {
             buf: AlignedBuf::with_capacity(64 << 10),
             compressor,
             poisoned: None,
-            progress,
+            progress: Arc::new(Progress::default()),
             sealed: false,
             durable_end: (0, 0, 0),
         };
@@ -235,127 +164,42 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Continues the latest generation after its last valid record.
-    fn resume(&mut self, number: u64) -> Result<()> {
-        let gen_dir = layout::generation_dir(&self.dir, number);
-        for tmp in layout::list_tmp(&gen_dir)? {
-            self.device.remove_file(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
-        }
-        let generation = Generation::open(&self.dir, number)?;
-        let mut scanner = generation.records_from_last_segment()?;
-        for r in scanner.by_ref() {
-            r?;
-        }
-        let tail = scanner.tail().expect("scanner finished").clone();
-        if let Some(torn) = tail.torn {
-            eprintln!("cln-replica: ignoring a torn, unacknowledged record at {torn}");
-        }
-        if let Some(last) = tail.last {
-            // The last record may be one whose flush failed in an earlier
-            // process since boot: the page cache then shows it, the media may
-            // not. Appending after it would leave, after a power cut, a hole
-            // followed by valid records (which the reader rightly calls
-            // damage). A record not on the media was never acknowledged (its
-            // flush failed): erase it and resume in its place.
-            let seg = &generation.segments[tail.next.segment as usize - 1];
-            let len = last.disk_bytes(generation.block_bytes());
-            let at = tail.next.offset - len;
-            if !self.record_on_media(&seg.path, at, len)? {
-                eprintln!(
-                    "cln-replica: the last record (data_version {}) at {} is not on the device (an earlier flush \
-                     failed); it was never acknowledged and is discarded",
-                    last.data_version,
-                    RecordLocDisplay(number, seg.index, at)
-                );
-                let mut f = self
-                    .device
-                    .open_rw(&seg.path, self.opts.direct_io)
-                    .map_err(|e| direct_io_context(e, &seg.path, self.opts.direct_io))?;
-                let mut zeros = AlignedBuf::with_capacity(len as usize);
-                zeros.reset_zeroed(len as usize);
-                f.write_all_at(&zeros, at)
-                    .and_then(|()| f.sync_data())
-                    .with_context(|| format!("cannot erase the unflushed record in {}", seg.path.display()))?;
-                drop(f);
-                return self.resume(number);
-            }
-        }
-        self.tip = match tail.last {
-            Some(h) => tip_after(h.data_version, if h.is_txn() { CallKind::Txn } else { CallKind::InPlace }),
-            None => Tip::At { version: generation.header.base_version, pending_txn: false },
-        };
-        self.sealed = tail.last.is_some_and(|h| h.kind == RecordKind::Seal);
-        // Segments after the tail's hold no valid record (the scanner checked);
-        // keep the next one as prepared space if it is clean, drop the rest.
-        let mut prepared = None;
-        for seg in generation.segments.iter().filter(|s| s.index > tail.next.segment) {
-            let clean =
-                seg.index == tail.next.segment + 1 && first_record_block_is_zero(&seg.path, seg.header.block_bytes)?;
-            if clean {
-                prepared = Some(seg.file_bytes);
-            } else {
-                self.device.remove_file(&seg.path).with_context(|| format!("cannot remove {}", seg.path.display()))?;
-                self.device.sync_dir(&gen_dir)?;
-            }
-        }
-        let seg = &generation.segments[tail.next.segment as usize - 1];
-        let file = self
-            .device
-            .open_rw(&seg.path, self.opts.direct_io)
-            .map_err(|e| direct_io_context(e, &seg.path, self.opts.direct_io))?;
-        let journal_bytes: u64 =
-            generation.segments.iter().take(tail.next.segment as usize - 1).map(|s| s.file_bytes).sum::<u64>()
-                + tail.next.offset;
-        self.durable_end = (number, tail.next.segment, tail.next.offset);
+    /// Continues generation `number` after its last valid record.
+    fn resume(&mut self, number: u64) -> Result<(), WriteError> {
+        let r = recovery::resume(self.device.as_ref(), &self.dir, number, self.opts.direct_io)?;
+        let seg = &r.generation.segments[r.next.segment as usize - 1];
+        let file = self.open_segment(&seg.path)?;
+        self.tip = r.tip;
+        self.sealed = r.sealed;
+        self.durable_end = (number, r.next.segment, r.next.offset);
         self.active = Some(Active {
             generation: number,
-            dir: gen_dir,
-            base: generation.header.clone(),
+            dir: r.generation.dir.clone(),
+            base: r.generation.header.clone(),
             segment: seg.index,
             segment_bytes: seg.file_bytes,
             file,
-            offset: tail.next.offset,
-            next_seq: tail.next_seq,
+            offset: r.next.offset,
+            next_seq: r.next_seq,
         });
         self.progress.publish(|p| {
             p.generation = number;
-            p.seq = tail.next_seq - 1;
-            p.tip = self.tip;
-            p.journal_bytes = journal_bytes;
-            p.last_write_unix_ms = tail.last.map(|h| h.time_unix_ms).unwrap_or(generation.header.created_unix_ms);
-            p.sealed = self.sealed;
+            p.seq = r.next_seq - 1;
+            p.tip = r.tip;
+            p.journal_bytes = r.journal_bytes;
+            p.last_write_unix_ms = r.last_write_unix_ms;
+            p.sealed = r.sealed;
         });
-        match prepared {
-            Some(bytes) => self.preparer.mark_ready(number, tail.next.segment + 1, bytes),
+        match r.prepared_next {
+            Some(bytes) => self.preparer.mark_ready(number, r.next.segment + 1, bytes),
             None => self.request_next_segment(),
         }
         Ok(())
     }
 
-    /// Whether the `len` bytes at `at` of a segment, as this process reads
-    /// them, are what the device holds: flushed, then read back with O_DIRECT
-    /// (which bypasses the page cache). `true` when O_DIRECT is refused (no
-    /// way to tell; the journal then runs with `direct_io = false` anyway).
-    fn record_on_media(&self, path: &Path, at: u64, len: u64) -> Result<bool> {
-        use std::os::unix::fs::FileExt;
-        let mut f = match self.device.open_rw(path, true) {
-            Ok(f) => f,
-            Err(e) if device::is_direct_io_refusal(&e) => return Ok(true),
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-        };
-        f.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
-        let mut direct = AlignedBuf::with_capacity(len as usize);
-        direct.reset_zeroed(len as usize);
-        let n = match f.read_at(&mut direct, at) {
-            Ok(n) => n,
-            Err(e) if device::is_direct_io_refusal(&e) => return Ok(true),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let mut cached = vec![0u8; len as usize];
-        File::open(path)
-            .and_then(|c| c.read_exact_at(&mut cached, at))
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(n == len as usize && direct[..] == cached[..])
+    fn open_segment(&self, path: &Path) -> Result<Box<dyn DeviceFile>, WriteError> {
+        let direct = self.opts.direct_io;
+        self.device.open_rw(path, direct).map_err(|e| write_error(e, path, direct))
     }
 
     pub fn dir(&self) -> &Path {
@@ -374,34 +218,33 @@ impl Journal {
         self.progress.clone()
     }
 
-    pub fn poisoned(&self) -> Option<&str> {
-        self.poisoned.as_deref()
+    /// Why the journal stopped accepting writes, if it did.
+    pub fn poisoned(&self) -> Option<&Poison> {
+        self.poisoned.as_ref()
     }
 
-    fn check_usable(&self) -> Result<()> {
-        if let Some(why) = &self.poisoned {
-            bail!("the journal stopped accepting writes after an earlier failure: {why}");
+    fn check_usable(&self) -> Result<(), WriteError> {
+        match &self.poisoned {
+            Some(p) => Err(WriteError::Poisoned(p.clone())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    fn poison(&mut self, err: anyhow::Error) -> anyhow::Error {
-        let errno = err.chain().find_map(|c| c.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error));
-        let what = match errno {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                "the backup device is full; lightningd must stop before committing. Free space on it (or move \
-                 the journal to a larger device), then start lightningd again"
-            }
-            Some(libc::EROFS) => {
-                "the backup device became read-only (the kernel does that after I/O errors: check `dmesg`); \
-                 lightningd must stop before committing"
-            }
-            _ => "the backup device failed; lightningd must stop before committing",
-        };
-        let err = err.context(what);
-        self.poisoned = Some(format!("{err:#}"));
-        self.progress.publish(|p| p.failed = true);
-        err
+    /// A write, flush or rename failed: nothing more is written by this
+    /// process (after a failed fsync Linux may have dropped the data; a
+    /// later success would prove nothing).
+    fn poison(&mut self, err: WriteError) -> WriteError {
+        let errno = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error)
+            .or(match &err {
+                WriteError::Io { source, .. } | WriteError::DirectIoRefused { source, .. } => source.raw_os_error(),
+                _ => None,
+            });
+        let p = Poison::new(err.to_string(), errno);
+        self.poisoned = Some(p.clone());
+        self.progress.publish(|s| s.failed = true);
+        WriteError::DeviceFailed(p)
     }
 
     /// Waits for the background creation of the next segment, if one is
@@ -431,7 +274,12 @@ impl Journal {
     /// Appends a change: the hook's hot path. Returns once the record is
     /// durable. The statements the generation's filter leaves out are not
     /// stored; with no filter nothing is copied.
-    pub fn append<S: AsRef<str>>(&mut self, data_version: u32, kind: CallKind, statements: &[S]) -> Result<Appended> {
+    pub fn append<S: AsRef<str>>(
+        &mut self,
+        data_version: u32,
+        kind: CallKind,
+        statements: &[S],
+    ) -> Result<Appended, WriteError> {
         let filter = self.filter();
         if filter == Filter::None {
             return self.append_kept(data_version, kind, statements);
@@ -447,13 +295,15 @@ impl Journal {
         self.append_kept(data_version, kind, &kept)
     }
 
-    fn append_kept<S: AsRef<str>>(&mut self, data_version: u32, kind: CallKind, statements: &[S]) -> Result<Appended> {
+    fn append_kept<S: AsRef<str>>(
+        &mut self,
+        data_version: u32,
+        kind: CallKind,
+        statements: &[S],
+    ) -> Result<Appended, WriteError> {
         let payload_bytes = format::payload_bytes(statements);
         if payload_bytes > RECORD_PAYLOAD_BYTES_MAX as usize {
-            bail!(
-                "the change for data_version {data_version} is {payload_bytes} bytes, more than a record may hold \
-                 ({RECORD_PAYLOAD_BYTES_MAX} bytes)"
-            );
+            return Err(WriteError::TooLarge { data_version, bytes: payload_bytes, max: RECORD_PAYLOAD_BYTES_MAX });
         }
         let header = RecordHeader {
             kind: RecordKind::Change,
@@ -479,7 +329,7 @@ impl Journal {
     }
 
     /// Marks a clean stop: a seal record carrying the tip. Idempotent.
-    pub fn seal(&mut self) -> Result<()> {
+    pub fn seal(&mut self) -> Result<(), WriteError> {
         let Tip::At { version, pending_txn } = self.tip else { return Ok(()) };
         if self.sealed {
             return Ok(());
@@ -503,7 +353,7 @@ impl Journal {
         Ok(())
     }
 
-    fn write_record<S: AsRef<str>>(&mut self, header: RecordHeader, body: Body<'_, S>) -> Result<Appended> {
+    fn write_record<S: AsRef<str>>(&mut self, header: RecordHeader, body: Body<'_, S>) -> Result<Appended, WriteError> {
         self.write_record_then(header, body, true)
     }
 
@@ -552,9 +402,9 @@ impl Journal {
         mut header: RecordHeader,
         body: Body<'_, S>,
         flush: bool,
-    ) -> Result<Appended> {
+    ) -> Result<Appended, WriteError> {
         self.check_usable()?;
-        let a = self.active.as_ref().ok_or_else(|| anyhow!("no generation to append to"))?;
+        let a = self.active.as_ref().ok_or_else(|| WriteError::Refused("no generation to append to".into()))?;
         header.seq = a.next_seq;
         header.generation = a.generation;
         let block = a.base.block_bytes;
@@ -588,11 +438,11 @@ impl Journal {
                 .and_then(|()| if flush { a.file.sync_data() } else { Ok(()) });
         if let Err(e) = write {
             let seg = a.segment;
-            let ctx = format!(
+            let what = format!(
                 "writing record {} (data_version {}) at generation {}, segment {seg}, byte offset {offset}",
                 header.seq, header.data_version, header.generation
             );
-            return Err(self.poison(anyhow::Error::new(e).context(ctx)));
+            return Err(self.poison(WriteError::Io { what, source: e }));
         }
         a.offset += len as u64;
         a.next_seq += 1;
@@ -601,7 +451,7 @@ impl Journal {
     }
 
     /// Moves to the next segment, which must hold at least `record_bytes`.
-    fn switch_segment(&mut self, record_bytes: u64) -> Result<()> {
+    fn switch_segment(&mut self, record_bytes: u64) -> Result<(), WriteError> {
         let a = self.active.as_ref().expect("active segment");
         let block = a.base.block_bytes as u64;
         let next = a.segment + 1;
@@ -611,7 +461,7 @@ impl Journal {
             Some(Ok(bytes)) if bytes >= needed => Some(bytes),
             Some(Ok(_)) => {
                 // Prepared, but too small for this record: never written, replace it.
-                self.device.remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+                self.device.remove_file(&path).map_err(io_at(format!("cannot remove {}", path.display())))?;
                 None
             }
             Some(Err(e)) => {
@@ -631,17 +481,13 @@ impl Journal {
                     ..a.base.clone()
                 };
                 if path.exists() {
-                    self.device.remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+                    self.device.remove_file(&path).map_err(io_at(format!("cannot remove {}", path.display())))?;
                 }
-                create_segment(self.device.as_ref(), &a.dir, &header, self.opts.direct_io)
-                    .with_context(|| format!("cannot create journal segment {} ({bytes} bytes)", path.display()))?;
+                segment::create_segment(self.device.as_ref(), &a.dir, &header, self.opts.direct_io)?;
                 bytes
             }
         };
-        let file = self
-            .device
-            .open_rw(&path, self.opts.direct_io)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let file = self.open_segment(&path)?;
         let a = self.active.as_mut().expect("active segment");
         a.segment = next;
         a.segment_bytes = segment_bytes;
@@ -656,27 +502,30 @@ impl Journal {
     /// new base to the path it is given; the journal makes it durable, records
     /// its size and checksum, and creates the first segment. Nothing is
     /// visible to readers until all of that is durable.
-    pub fn start_generation(&mut self, write_snapshot: &mut dyn FnMut(&Path) -> Result<SnapshotMade>) -> Result<u64> {
+    pub fn start_generation(
+        &mut self,
+        write_snapshot: &mut dyn FnMut(&Path) -> anyhow::Result<SnapshotMade>,
+    ) -> Result<u64, WriteError> {
         self.check_usable()?;
         let number = self.last_generation + 1;
         let tmp_dir = layout::generation_tmp_dir(&self.dir, number);
         let final_dir = layout::generation_dir(&self.dir, number);
         if tmp_dir.exists() {
-            self.device.remove_dir_all(&tmp_dir).with_context(|| format!("cannot remove {}", tmp_dir.display()))?;
+            self.device.remove_dir_all(&tmp_dir).map_err(io_at(format!("cannot remove {}", tmp_dir.display())))?;
         }
-        self.device.create_dir(&tmp_dir).with_context(|| format!("cannot create {}", tmp_dir.display()))?;
+        self.device.create_dir(&tmp_dir).map_err(io_at(format!("cannot create {}", tmp_dir.display())))?;
         let snapshot_path = tmp_dir.join(layout::SNAPSHOT_FILE);
-        let made = write_snapshot(&snapshot_path)?;
-        let io_step = |r: Result<()>, this: &mut Journal| r.map_err(|e| this.poison(e));
+        let made = write_snapshot(&snapshot_path).map_err(WriteError::Snapshot)?;
         let r =
-            self.device.sync_file(&snapshot_path).with_context(|| format!("cannot flush {}", snapshot_path.display()));
-        io_step(r, self)?;
-        let (snapshot_bytes, snapshot_crc32c) = crate::files::file_crc32c(&snapshot_path)?;
+            self.device.sync_file(&snapshot_path).map_err(io_at(format!("cannot flush {}", snapshot_path.display())));
+        r.map_err(|e| self.poison(e))?;
+        let (snapshot_bytes, snapshot_crc32c) =
+            crate::files::file_crc32c(&snapshot_path).map_err(WriteError::Snapshot)?;
         let probe = tmp_dir.join("probe.tmp");
         let dio = if self.opts.direct_io {
-            drop(self.device.create(&probe, true).map_err(|e| direct_io_context(e, &probe, true))?);
+            drop(self.device.create(&probe, true).map_err(|e| write_error(e, &probe, true))?);
             let dio = self.device.dio_alignment(&probe);
-            self.device.remove_file(&probe).with_context(|| format!("cannot remove {}", probe.display()))?;
+            self.device.remove_file(&probe).map_err(io_at(format!("cannot remove {}", probe.display())))?;
             dio
         } else {
             None
@@ -694,21 +543,16 @@ impl Journal {
             segment_bytes: self.opts.segment_bytes.next_multiple_of(block_bytes as u64),
             filter: self.opts.filter,
         };
-        let r = create_segment(self.device.as_ref(), &tmp_dir, &header, self.opts.direct_io);
-        io_step(r, self)?;
-        let r = (|| -> Result<()> {
-            self.device.sync_dir(&tmp_dir)?;
-            self.device.rename(&tmp_dir, &final_dir)?;
-            self.device.sync_dir(&self.dir)?;
-            Ok(())
-        })()
-        .with_context(|| format!("cannot move generation {number} into place in {}", self.dir.display()));
-        io_step(r, self)?;
-        let path = layout::segment_path(&final_dir, 1);
-        let file = self
+        let r = segment::create_segment(self.device.as_ref(), &tmp_dir, &header, self.opts.direct_io);
+        r.map_err(|e| self.poison(e))?;
+        let r = self
             .device
-            .open_rw(&path, self.opts.direct_io)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+            .sync_dir(&tmp_dir)
+            .and_then(|()| self.device.rename(&tmp_dir, &final_dir))
+            .and_then(|()| self.device.sync_dir(&self.dir))
+            .map_err(io_at(format!("cannot move generation {number} into place in {}", self.dir.display())));
+        r.map_err(|e| self.poison(e))?;
+        let file = self.open_segment(&layout::segment_path(&final_dir, 1))?;
         self.active = Some(Active {
             generation: number,
             dir: final_dir,
@@ -767,12 +611,17 @@ impl Journal {
     ///
     /// Errors before any write leave the journal as it was (the caller drops
     /// the prepared generation); an I/O failure after that poisons it.
-    pub fn adopt_generation(&mut self, prepared: &PreparedGeneration, carried: &[super::Record]) -> Result<u64> {
+    pub fn adopt_generation(
+        &mut self,
+        prepared: &PreparedGeneration,
+        carried: &[super::Record],
+    ) -> Result<u64, WriteError> {
         self.check_usable()?;
         let h = &prepared.header;
         let number = self.last_generation + 1;
+        let refuse = |why: String| Err(WriteError::Refused(why));
         if h.generation != number || h.segment != 1 || h.base_kind != BaseKind::Compacted {
-            bail!("prepared generation {} is not the next one ({number})", h.generation);
+            return refuse(format!("prepared generation {} is not the next one ({number})", h.generation));
         }
         // The carried records must continue the compacted base exactly as they
         // continued the current generation: same decisions, same tip.
@@ -780,28 +629,28 @@ impl Journal {
         let mut bytes = h.block_bytes as u64;
         for r in carried {
             if r.header.kind != RecordKind::Change {
-                bail!("only change records are carried into a new generation");
+                return refuse("only change records are carried into a new generation".into());
             }
-            resolver
-                .push(r.header.data_version, r.call_kind(), (), |_| {})
-                .map_err(|d| anyhow!("a carried record cannot continue the compacted base: {d}"))?;
+            if let Err(d) = resolver.push(r.header.data_version, r.call_kind(), (), |_| {}) {
+                return refuse(format!("a carried record cannot continue the compacted base: {d}"));
+            }
             bytes += r.header.disk_bytes(h.block_bytes);
         }
         let tip = resolver.tip();
         if tip != self.tip {
-            bail!("the compacted generation would end at {tip:?}, the journal is at {:?}", self.tip);
+            return refuse(format!("the compacted generation would end at {tip:?}, the journal is at {:?}", self.tip));
         }
         if bytes > h.segment_bytes {
-            bail!(
+            return refuse(format!(
                 "the records to carry ({bytes} bytes) do not fit in the prepared segment ({} bytes)",
                 h.segment_bytes
-            );
+            ));
         }
         let final_dir = layout::generation_dir(&self.dir, number);
         let seg_path = layout::segment_path(&prepared.dir, 1);
-        let file = match self.device.open_rw(&seg_path, self.opts.direct_io) {
+        let file = match self.open_segment(&seg_path) {
             Ok(f) => f,
-            Err(e) => return Err(self.poison(direct_io_context(e, &seg_path, self.opts.direct_io))),
+            Err(e) => return Err(self.poison(e)),
         };
         let previous = self.active.replace(Active {
             generation: number,
@@ -820,7 +669,7 @@ impl Journal {
             // a new generation must not carry damage forward.
             if let Err(e) = r.statements() {
                 self.active = previous;
-                return Err(anyhow::Error::new(e).context("a record to carry is unreadable"));
+                return refuse(format!("a record to carry is unreadable: {e}"));
             }
             let header = RecordHeader { seq: 0, generation: 0, ..r.header };
             let appended = self.write_record_then::<&str>(header, Body::Stored(&r.payload), i + 1 == carried.len())?;
@@ -828,12 +677,11 @@ impl Journal {
         }
         crate::crashpoint::crash_point("compact-records-carried");
         // The prepared directory's entries were flushed when it was finalized.
-        let r = (|| -> Result<()> {
-            self.device.rename(&prepared.dir, &final_dir)?;
-            self.device.sync_dir(&self.dir)?;
-            Ok(())
-        })()
-        .with_context(|| format!("cannot move generation {number} into place in {}", self.dir.display()));
+        let r = self
+            .device
+            .rename(&prepared.dir, &final_dir)
+            .and_then(|()| self.device.sync_dir(&self.dir))
+            .map_err(io_at(format!("cannot move generation {number} into place in {}", self.dir.display())));
         r.map_err(|e| self.poison(e))?;
         crate::crashpoint::crash_point("compact-renamed");
         // Invariant: the new generation ends where the old one did.
@@ -865,180 +713,11 @@ pub struct PreparedGeneration {
     pub header: SegmentHeader,
 }
 
-/// Creates a segment file of `bytes` bytes, all zeros, flushed: space for a
-/// generation built in the background. Its header is written later
-/// ([`write_segment_header`]), once the snapshot it describes is final.
-pub fn create_zeroed_segment(device: &dyn Device, path: &Path, bytes: u64, block: u32, direct: bool) -> Result<()> {
-    assert!(bytes.is_multiple_of(block as u64), "segment size is whole blocks");
-    let mut f = device.create(path, direct).map_err(|e| direct_io_context(e, path, direct))?;
-    let mut buf = AlignedBuf::with_capacity(ZERO_CHUNK_BYTES.max(block as usize));
-    let mut offset = 0;
-    while offset < bytes {
-        let n = (bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
-        buf.reset_zeroed(n);
-        f.write_all_at(&buf, offset).map_err(|e| direct_io_context(e, path, direct))?;
-        offset += n as u64;
-    }
-    f.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
-    Ok(())
-}
-
-/// Writes (or rewrites) block 0 of a segment created by
-/// [`create_zeroed_segment`], and flushes it.
-pub fn write_segment_header(device: &dyn Device, path: &Path, header: &SegmentHeader, direct: bool) -> Result<()> {
-    let mut f = device.open_rw(path, direct).map_err(|e| direct_io_context(e, path, direct))?;
-    let mut buf = AlignedBuf::with_capacity(header.block_bytes as usize);
-    buf.reset_zeroed(header.block_bytes as usize);
-    buf[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    f.write_all_at(&buf, 0).map_err(|e| direct_io_context(e, path, direct))?;
-    f.sync_data().with_context(|| format!("cannot flush {}", path.display()))?;
-    Ok(())
-}
-
-/// Retention: removes every generation but the newest `keep`. Each one is
-/// first renamed to `gen-N.retired.tmp` (readers ignore it, the writer's next
-/// open finishes removing it) and the rename flushed, so a crash never leaves
-/// a half-removed generation under its real name. Returns the removed numbers.
-pub fn retire_generations(device: &dyn Device, journal: &Path, keep: usize) -> Result<Vec<u64>> {
-    assert!(keep >= 1, "retention never removes the newest generation");
-    let numbers = layout::list_generations(journal)?;
-    let old = &numbers[..numbers.len().saturating_sub(keep)];
-    for &g in old {
-        let dir = layout::generation_dir(journal, g);
-        let retired = layout::generation_retired_dir(journal, g);
-        device.rename(&dir, &retired).with_context(|| format!("cannot rename {}", dir.display()))?;
-        device.sync_dir(journal).with_context(|| format!("cannot flush {}", journal.display()))?;
-        crate::crashpoint::crash_point("retention-renamed");
-        device.remove_dir_all(&retired).with_context(|| format!("cannot remove {}", retired.display()))?;
-    }
-    if !old.is_empty() {
-        device.sync_dir(journal).with_context(|| format!("cannot flush {}", journal.display()))?;
-    }
-    Ok(old.to_vec())
-}
-
 impl Drop for Journal {
     /// Waits for the segment preparer before the lock (a field) is released:
     /// a journal reopened in the same process must not meet a segment still
     /// being created by the previous writer's thread.
     fn drop(&mut self) {
         self.preparer.shutdown();
-    }
-}
-
-/// Formats a record location without building a [`super::RecordLoc`].
-struct RecordLocDisplay(u64, u32, u64);
-impl std::fmt::Display for RecordLocDisplay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "generation {}, segment {}, byte offset {}", self.0, self.1, self.2)
-    }
-}
-
-fn first_record_block_is_zero(path: &Path, block_bytes: u32) -> Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut b = vec![0u8; format::RECORD_HEADER_BYTES];
-    f.read_exact_at(&mut b, block_bytes as u64).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(b.iter().all(|&x| x == 0))
-}
-
-/// Background creation of the next segment, so that the hook never waits
-/// for a zero-fill. One job at a time: the writer asks for segment k+1 when
-/// it starts writing into segment k.
-struct Preparer {
-    /// `None` once the preparer is shutting down.
-    jobs: Option<mpsc::SyncSender<(u64, PathBuf, SegmentHeader)>>,
-    slot: Arc<(Mutex<Slot>, Condvar)>,
-    worker: Option<thread::JoinHandle<()>>,
-}
-
-#[derive(Debug)]
-enum Slot {
-    Idle,
-    Working { generation: u64, segment: u32 },
-    Done { generation: u64, segment: u32, result: Result<u64, String> },
-}
-
-impl Preparer {
-    fn spawn(device: Arc<dyn Device>, direct: bool) -> Preparer {
-        // Capacity 1: the writer never has more than one segment ahead.
-        let (tx, rx) = mpsc::sync_channel::<(u64, PathBuf, SegmentHeader)>(1);
-        let slot = Arc::new((Mutex::new(Slot::Idle), Condvar::new()));
-        let worker_slot = slot.clone();
-        let worker = thread::Builder::new()
-            .name("segment-preparer".into())
-            .spawn(move || {
-                for (generation, dir, header) in rx {
-                    let result = create_segment(device.as_ref(), &dir, &header, direct)
-                        .map(|()| header.segment_bytes)
-                        .map_err(|e| format!("{e:#}"));
-                    let (lock, cv) = &*worker_slot;
-                    let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    *s = Slot::Done { generation, segment: header.segment, result };
-                    cv.notify_all();
-                }
-            })
-            .expect("spawn the segment preparer thread");
-        Preparer { jobs: Some(tx), slot, worker: Some(worker) }
-    }
-
-    /// Stops the worker once its current job is done. Until then it may be
-    /// writing into the journal directory, so the journal's lock must be held.
-    fn shutdown(&mut self) {
-        drop(self.jobs.take());
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-    }
-
-    fn request(&self, generation: u64, dir: PathBuf, header: SegmentHeader) {
-        let (lock, _) = &*self.slot;
-        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*s, Slot::Working { .. }) {
-            // A previous job is still running (a generation changed under it);
-            // the switch will create the segment itself if needed.
-            return;
-        }
-        *s = Slot::Working { generation, segment: header.segment };
-        drop(s);
-        let sent = self.jobs.as_ref().is_some_and(|j| j.try_send((generation, dir, header)).is_ok());
-        if !sent {
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Idle;
-            self.slot.1.notify_all();
-        }
-    }
-
-    /// Waits until no job is running (its result, if any, stays for `take`).
-    fn wait_idle(&self) {
-        let (lock, cv) = &*self.slot;
-        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while matches!(*s, Slot::Working { .. }) {
-            s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// A segment prepared by an earlier process, found clean at open.
-    fn mark_ready(&self, generation: u64, segment: u32, bytes: u64) {
-        let (lock, _) = &*self.slot;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Done { generation, segment, result: Ok(bytes) };
-    }
-
-    /// The prepared segment's size, waiting if it is still being created.
-    /// `None` if nothing was prepared for this segment.
-    fn take(&self, generation: u64, segment: u32) -> Option<Result<u64, String>> {
-        let (lock, cv) = &*self.slot;
-        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            match &*s {
-                Slot::Working { generation: g, segment: k } if (*g, *k) == (generation, segment) => {
-                    s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
-                }
-                Slot::Done { generation: g, segment: k, .. } if (*g, *k) == (generation, segment) => {
-                    let Slot::Done { result, .. } = std::mem::replace(&mut *s, Slot::Idle) else { unreachable!() };
-                    return Some(result);
-                }
-                _ => return None,
-            }
-        }
     }
 }

@@ -237,7 +237,7 @@ impl Engine {
             Err(anyhow::anyhow!("generation {} is no longer the current one", h.old_generation))
         } else {
             compact::carried_records(&dir, &h, Some(journal.last_seq()))
-                .and_then(|carried| journal.adopt_generation(&h.prepared, &carried).map(|g| (g, carried.len())))
+                .and_then(|carried| Ok(journal.adopt_generation(&h.prepared, &carried).map(|g| (g, carried.len()))?))
         };
         let mut st = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
         st.state = "idle".into();
@@ -288,7 +288,7 @@ impl Engine {
                     out.log("warn", "retention: the mirror has not moved to the new generation; removing anyway");
                 }
             }
-            match crate::journal::writer::retire_generations(device.as_ref(), &dir, keep) {
+            match crate::journal::retention::retire_generations(device.as_ref(), &dir, keep) {
                 Ok(removed) if !removed.is_empty() => {
                     out.log("info", &format!("retention: removed generation(s) {removed:?} (keeping {keep})"))
                 }
