@@ -11,7 +11,7 @@
 //! - [`compact`], compaction (a new generation rolled up from the previous one)
 //!   and retention; [`mirror`], a bootable second database fed from the journal;
 //! - [`remote`]: encrypted replication to S3, SFTP and file destinations;
-//! - [`sim`]: a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
+//! - [`sim`] (feature `lab`): a lightningd simulator and CLN-shaped workloads, for tests and `demo`;
 //! - [`panel`] (feature `panel`): the appliance's status LEDs and safe-shutdown button;
 //! - [`cli`]: the command line, one file per subcommand.
 
@@ -35,7 +35,9 @@ pub mod replay;
 pub mod restore;
 pub mod rng;
 pub mod rpc;
+#[cfg(feature = "lab")]
 pub mod savings;
+#[cfg(feature = "lab")]
 pub mod sim;
 pub mod snapshot;
 pub mod sql;

@@ -52,6 +52,10 @@ pub struct Args {
     /// sizes, interleaved with the replays (at most this many per trace)
     #[arg(long, default_value_t = 500)]
     floor_samples: usize,
+    /// The plugin binary to measure (default: this one); e.g. a build
+    /// without the `lab` feature, as operators install it
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -119,7 +123,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         f.sync_all()?;
     }
 
-    let exe = std::env::current_exe()?;
+    let exe = match &a.plugin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
     let mut node = SimNode::open(&node_dir)?;
     node.start_plugin(&exe, &[])?;
     node.init_plugin()?;
@@ -189,7 +196,10 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     cfg.compact_journal_bytes = 0;
     cfg.keep_generations = 1;
     std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml())?;
-    let exe = std::env::current_exe()?;
+    let exe = match &a.plugin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
     let mut node = SimNode::open(&node_dir)?;
     node.start_plugin(&exe, &[])?;
     for c in Workload::schema() {

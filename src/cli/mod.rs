@@ -1,7 +1,9 @@
 //! The command line: a thin shell over the library, one file per subcommand.
 
+#[cfg(feature = "lab")]
 mod bench;
 mod compact;
+#[cfg(feature = "lab")]
 mod demo;
 mod init;
 mod keygen;
@@ -37,7 +39,9 @@ enum Command {
     Verify(verify::Args),
     Status(status::Args),
     Compact(compact::Args),
+    #[cfg(feature = "lab")]
     Demo(demo::Args),
+    #[cfg(feature = "lab")]
     Bench(bench::Args),
     #[cfg(feature = "panel")]
     Panel(panel::Args),
@@ -52,7 +56,9 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
         Command::Compact(a) => compact::run(a),
+        #[cfg(feature = "lab")]
         Command::Demo(a) => demo::run(a),
+        #[cfg(feature = "lab")]
         Command::Bench(a) => bench::run(a),
         #[cfg(feature = "panel")]
         Command::Panel(a) => panel::run(a),

@@ -11,6 +11,7 @@
 //! temporary file; the device then flushes and renames it ([`Device::sync_file`]).
 
 mod aligned;
+#[cfg(feature = "lab")]
 pub mod fault;
 mod real;
 
