@@ -30,6 +30,7 @@ pub mod mirror;
 #[cfg(feature = "panel")]
 pub mod panel;
 pub mod plugin;
+pub mod priority;
 pub mod remote;
 pub mod replay;
 pub mod restore;

@@ -302,7 +302,7 @@ impl Mirror {
         });
         let (sh, pr) = (shared.clone(), progress.clone());
         let handle = std::thread::Builder::new().name("mirror".into()).spawn(move || {
-            crate::compact::background_priority();
+            crate::priority::background_priority();
             let mut f = Follower::new(&journal, &path);
             let mut failing = false;
             while !sh.stop.load(Ordering::Acquire) {

@@ -31,12 +31,26 @@ pub enum CallKind {
     InPlace,
 }
 
+/// Why a `db_write` call cannot be classified: it is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("db_write carried no statements (cln-replica supports SQLite wallets only)")]
+    NoStatements,
+    #[error(
+        "db_write for data_version {data_version} increments the data_version from {old}, not from {}",
+        data_version.wrapping_sub(1)
+    )]
+    WrongIncrement { data_version: u32, old: u64 },
+    #[error("db_write for data_version {data_version} ends with an unparsable increment: {statement}")]
+    Unparsable { data_version: u32, statement: String },
+}
+
 /// Classifies a `db_write` call by its last statement. A transaction's
 /// increment must name N-1 as the old version: anything else means the hook's
 /// data_version and the statements disagree, and the call is refused.
-pub fn classify<S: AsRef<str>>(data_version: u32, writes: &[S]) -> Result<CallKind, String> {
+pub fn classify<S: AsRef<str>>(data_version: u32, writes: &[S]) -> Result<CallKind, ClassifyError> {
     let Some(last) = writes.last() else {
-        return Err("db_write carried no statements (cln-replica supports SQLite wallets only)".into());
+        return Err(ClassifyError::NoStatements);
     };
     let last = last.as_ref().trim_end();
     let Some(rest) = last.strip_prefix(INCREMENT_PREFIX) else {
@@ -46,11 +60,8 @@ pub fn classify<S: AsRef<str>>(data_version: u32, writes: &[S]) -> Result<CallKi
     match old.parse::<u64>() {
         // The column is 64-bit; lightningd keeps a u32 and binds it.
         Ok(old) if (old as u32).wrapping_add(1) == data_version && old <= u32::MAX as u64 => Ok(CallKind::Txn),
-        Ok(old) => Err(format!(
-            "db_write for data_version {data_version} increments the data_version from {old}, not from {}",
-            data_version.wrapping_sub(1)
-        )),
-        Err(_) => Err(format!("db_write for data_version {data_version} ends with an unparsable increment: {last}")),
+        Ok(old) => Err(ClassifyError::WrongIncrement { data_version, old }),
+        Err(_) => Err(ClassifyError::Unparsable { data_version, statement: last.chars().take(160).collect() }),
     }
 }
 
@@ -315,7 +326,7 @@ mod tests {
         assert_eq!(classify(5, &["INSERT INTO t VALUES (1);".to_string(), incr(4)]), Ok(Txn));
         assert_eq!(classify(5, &["PRAGMA foreign_keys = OFF;"]), Ok(InPlace));
         assert_eq!(classify(0, &[incr(u32::MAX)]), Ok(Txn), "wrap-around is +1");
-        assert!(classify(5, &[incr(3)]).unwrap_err().contains("from 3"));
+        assert!(classify(5, &[incr(3)]).unwrap_err().to_string().contains("from 3"));
         assert!(classify(5, &[format!("{INCREMENT_PREFIX}x")]).is_err());
         assert!(classify::<&str>(5, &[]).is_err());
         // The increment must be the last statement to make a transaction.

@@ -7,6 +7,7 @@
 //! would otherwise hold `stop` for 30 s waiting for us (DOMAIN.md). Either way
 //! the journal is sealed before the process exits.
 
+pub mod background;
 pub mod engine;
 pub mod guard;
 pub mod protocol;
@@ -117,7 +118,7 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
                     // Answering init would let lightningd run on; `disable`
                     // would silently drop an important plugin. Exit instead:
                     // lightningd stops because this plugin is important.
-                    let _ = out.reply_error(id, -32600, &why);
+                    let _ = out.reply_error(id, -32600, &why.to_string());
                     break 1;
                 }
                 check_wallet_in_background(incoming.params, engine, out);
@@ -131,8 +132,7 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
             }
             "replica-status" => {
                 let mut v = serde_json::to_value(engine.status.snapshot()).expect("json");
-                let c = engine.compaction.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                v["compaction"] = serde_json::to_value(c).expect("json");
+                v["compaction"] = serde_json::to_value(engine.compaction_status()).expect("json");
                 v["mirror"] = serde_json::to_value(engine.mirror_status()).expect("json");
                 out.reply(id, &v.to_string())
             }
@@ -143,7 +143,7 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
                             "note": "runs in the background; the switch happens at the next database write"})
                     .to_string(),
                 ),
-                Err(why) => out.reply_error(id, -32600, &why),
+                Err(why) => out.reply_error(id, -32600, &why.to_string()),
             },
             other => out.reply_error(id, -32601, &format!("cln-replica has no method {other:?}")),
         };

@@ -72,7 +72,7 @@ pub fn check(calls: &[TraceCall]) -> Result<()> {
         pending_txn: false,
     };
     for (i, c) in calls.iter().enumerate() {
-        let kind = crate::state::classify(c.data_version, &c.writes).map_err(anyhow::Error::msg)?;
+        let kind = crate::state::classify(c.data_version, &c.writes)?;
         match crate::state::decide(tip, c.data_version, kind) {
             crate::state::Decision::Append => {}
             d => {

@@ -1,0 +1,202 @@
+//! The plugin's background compactor: steps 1-3 in a thread that follows
+//! the writer, handing over to the hook thread when it is close to the tip.
+
+use super::{Builder, Handoff};
+use crate::clock::now_unix_ms;
+use crate::device::Device;
+use crate::journal::reader::Generation;
+use crate::journal::{layout, JournalOptions, Progress};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The background builder hands over once it is this close to the tip...
+const CLOSE_ENOUGH_RECORDS: u64 = 4;
+/// ...and the hand-over is used only if, once the snapshot is final, no more
+/// than this many records came in meanwhile (otherwise it catches up again).
+const HANDOFF_MAX_RECORDS: u64 = 32;
+
+/// The plugin's background compactor: one job at a time.
+pub struct Compactor {
+    shared: Arc<Shared>,
+    journal: PathBuf,
+    device: Arc<dyn Device>,
+    opts: JournalOptions,
+    progress: Arc<Progress>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<JobState>,
+    /// Fast check for the hook: a hand-over is waiting.
+    ready: AtomicBool,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+enum JobState {
+    #[default]
+    Idle,
+    Running,
+    Ready(Box<Handoff>),
+}
+
+/// Where the background compaction is (`replica-status`' `compaction.state`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactionState {
+    #[default]
+    Idle,
+    Running,
+    /// Finished, waiting for the next hook to switch to it.
+    Ready,
+}
+
+/// Why a compaction was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("a compaction is already running")]
+    Busy,
+    #[error("the journal holds no generation yet: nothing to compact")]
+    NoGeneration,
+    #[error("cannot start the compactor thread: {0}")]
+    Thread(std::io::Error),
+    /// The plugin cannot compact at all: it refuses every hook.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// What `replica-status` shows about compaction.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CompactionStatus {
+    pub state: CompactionState,
+    pub started_unix_ms: Option<u64>,
+    pub last_result: Option<String>,
+    pub last_failed_unix_ms: Option<u64>,
+    pub compactions: u64,
+    /// How long the last switch took on the hook thread (step 4), in µs.
+    pub last_switch_us: Option<u64>,
+}
+
+impl Compactor {
+    pub fn new(journal: PathBuf, device: Arc<dyn Device>, opts: JournalOptions, progress: Arc<Progress>) -> Compactor {
+        Compactor { shared: Arc::default(), journal, device, opts, progress }
+    }
+
+    /// Starts a job unless one is running.
+    pub fn request(&self, status: &Arc<Mutex<CompactionStatus>>) -> Result<(), RequestError> {
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*s, JobState::Idle) {
+            return Err(RequestError::Busy);
+        }
+        let started_unix_ms = now_unix_ms();
+        *s = JobState::Running;
+        drop(s);
+        {
+            let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
+            st.state = CompactionState::Running;
+            st.started_unix_ms = Some(started_unix_ms);
+        }
+        let shared = self.shared.clone();
+        let (journal, device, opts, progress) =
+            (self.journal.clone(), self.device.clone(), self.opts.clone(), self.progress.clone());
+        let status = status.clone();
+        std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || {
+                crate::priority::background_priority();
+                let result = job(&journal, device.clone(), &opts, &progress, &shared.stop);
+                let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(h) => {
+                        *s = JobState::Ready(Box::new(h));
+                        st.state = CompactionState::Ready;
+                        shared.ready.store(true, Ordering::Release);
+                    }
+                    Err(e) => {
+                        *s = JobState::Idle;
+                        st.state = CompactionState::Idle;
+                        st.last_result = Some(format!("failed: {e:#}"));
+                        st.last_failed_unix_ms = Some(now_unix_ms());
+                    }
+                }
+            })
+            .map_err(RequestError::Thread)?;
+        Ok(())
+    }
+
+    pub fn busy(&self) -> bool {
+        !matches!(*self.shared.state.lock().unwrap_or_else(|e| e.into_inner()), JobState::Idle)
+    }
+
+    /// The hand-over, if one is waiting (one atomic load otherwise).
+    pub fn take_ready(&self) -> Option<Handoff> {
+        if !self.shared.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.ready.store(false, Ordering::Release);
+        match std::mem::take(&mut *s) {
+            JobState::Ready(h) => Some(*h),
+            other => {
+                *s = other;
+                None
+            }
+        }
+    }
+
+    /// Tells a running job to give up (at a clean stop).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Steps 1-3 in the background, following the writer.
+fn job(
+    journal: &Path,
+    device: Arc<dyn Device>,
+    opts: &JournalOptions,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<Handoff> {
+    let p = progress.get();
+    if p.generation == 0 {
+        bail!("the journal holds no generation yet");
+    }
+    let old = Generation::open(journal, p.generation)?;
+    let dir = layout::generation_compact_dir(journal, p.generation + 1);
+    let result = follow(Builder::start(journal, device.clone(), opts, &old, p.generation + 1), progress, stop);
+    if result.is_err() {
+        let _ = device.remove_dir_all(&dir);
+    }
+    result
+}
+
+fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool) -> Result<Handoff> {
+    let mut b = b?;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            bail!("the plugin is stopping");
+        }
+        let p = progress.get();
+        if p.generation != b.old || p.failed {
+            bail!("generation {} is no longer the journal's current one", b.old);
+        }
+        b.catch_up(Some(p.seq))?;
+        let p = progress.get();
+        if p.seq.saturating_sub(b.last_seq()) <= CLOSE_ENOUGH_RECORDS {
+            let prepared = b.finalize()?;
+            let p = progress.get();
+            if p.generation == b.old && p.seq.saturating_sub(b.last_seq()) <= HANDOFF_MAX_RECORDS {
+                return Ok(b.handoff(prepared));
+            }
+        }
+        if b.last_seq() >= progress.get().seq {
+            progress.wait_past(progress.get().counter, Duration::from_millis(200));
+        }
+    }
+}
