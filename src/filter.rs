@@ -30,6 +30,12 @@ pub enum Filter {
     Caches,
 }
 
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Filter {
     /// The value stored in the segment header.
     pub fn code(self) -> u32 {

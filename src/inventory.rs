@@ -12,10 +12,10 @@ pub struct GenerationSummary {
     pub generation: u64,
     /// "snapshot", "empty" (a node created with the plugin in place) or
     /// "compacted" (rolled up from the previous generation).
-    pub base: &'static str,
+    pub base: crate::journal::format::BaseKind,
     pub base_version: u32,
     /// What the generation leaves out: "none" or "caches" (docs/CACHES.md).
-    pub filter: &'static str,
+    pub filter: crate::filter::Filter,
     pub created_unix_ms: u64,
     pub snapshot_bytes: u64,
     pub segments: usize,
@@ -72,9 +72,9 @@ pub fn summarize_generation(g: &Generation) -> GenerationSummary {
     let block = g.block_bytes();
     let mut s = GenerationSummary {
         generation: g.number,
-        base: g.header.base_kind.name(),
+        base: g.header.base_kind,
         base_version: g.header.base_version,
-        filter: g.header.filter.name(),
+        filter: g.header.filter,
         created_unix_ms: g.header.created_unix_ms,
         snapshot_bytes: g.header.snapshot_bytes,
         segments: g.segments.len(),

@@ -406,7 +406,7 @@ pub struct MirrorRestoreReport {
     pub rebuilt: bool,
     /// What the backup left out, and where a node on it must rescan from
     /// (as in [`crate::restore::RestoreReport`]).
-    pub filter: &'static str,
+    pub filter: crate::filter::Filter,
     pub rescan_from_height: Option<u32>,
 }
 
@@ -456,7 +456,7 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
             data_version: v,
             generation: newest.number,
             rebuilt,
-            filter: filter.name(),
+            filter,
             rescan_from_height: rescan,
         })
     })();

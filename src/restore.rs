@@ -9,6 +9,7 @@
 
 use crate::files::{Durability, Staged};
 use crate::filter::Filter;
+use crate::journal::format::RECORD_HEADER_BYTES;
 use crate::journal::reader::{self, Generation};
 use crate::replay;
 use anyhow::{bail, Context, Result};
@@ -42,7 +43,7 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub seconds: f64,
     /// What the backup left out ("none" or "caches").
-    pub filter: &'static str,
+    pub filter: Filter,
     /// For a filtered backup: start lightningd once with `--rescan=-H`, H
     /// this height, so it rebuilds the tables left out (docs/CACHES.md).
     pub rescan_from_height: Option<u32>,
@@ -65,8 +66,8 @@ pub fn rescan_from_height(conn: &rusqlite::Connection, filter: Filter) -> Result
 }
 
 /// What an operator must do with a database restored from a filtered backup.
-pub fn filtered_note(filter: &str, rescan_from_height: Option<u32>) -> Option<String> {
-    if filter == Filter::None.name() {
+pub fn filtered_note(filter: Filter, rescan_from_height: Option<u32>) -> Option<String> {
+    if filter == Filter::None {
         return None;
     }
     let tables = Filter::Caches.tables().join(", ");
@@ -167,10 +168,10 @@ pub fn generation_extent(g: &Generation) -> (u64, Vec<u64>) {
             continue;
         }
         let zero_at = |b: u64| -> bool {
-            let mut h = [0u8; 48];
+            let mut h = [0u8; RECORD_HEADER_BYTES];
             std::fs::File::open(&s.path)
                 .and_then(|f| f.read_exact_at(&mut h, b * block))
-                .map_or(true, |()| h == [0; 48])
+                .map_or(true, |()| h == [0; RECORD_HEADER_BYTES])
         };
         let (mut lo, mut hi) = (1, s.file_bytes / block);
         while lo < hi {
@@ -241,7 +242,7 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
             torn_tail_ignored: outcome.torn_tail.is_some(),
             bytes: std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0),
             seconds: started.elapsed().as_secs_f64(),
-            filter: filter.name(),
+            filter,
             rescan_from_height: rescan,
         })
     })()?;

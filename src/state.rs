@@ -8,7 +8,7 @@
 //! lightningd actually committed ([`Resolver`]), so the writer and the reader
 //! cannot disagree about what a sequence of records means.
 //!
-//! Two kinds of call (DOMAIN.md):
+//! Two kinds of call (docs/LIGHTNINGD.md, "The db_write hook"):
 //! - a transaction: its writes end with lightningd's
 //!   `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = N-1`;
 //!   it takes the database from N-1 to N, and may never commit (lightningd

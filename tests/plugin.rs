@@ -221,7 +221,7 @@ fn a_brand_new_node_restores_with_its_whole_schema_from_an_empty_snapshot() {
         expect_continue(node.apply(&c).unwrap(), &node);
     }
     let inv = cln_replica::inventory::inventory(&s.journal).unwrap();
-    assert_eq!(inv.generations[0].base, "empty");
+    assert_eq!(inv.generations[0].base.name(), "empty");
     assert_eq!(inv.generations[0].base_version, 0);
     s.assert_restores_to(&node);
 }

@@ -9,7 +9,7 @@
 //! simulated node does not run SQL here, so only the plugin is measured.
 //!
 //! `--compaction-mib`: the hook's latency during a background compaction.
-//! `--trace`: issue 9's comparison of filter x compression on whole traces
+//! `--trace`: the comparison of filter x compression on whole traces
 //! (journal and snapshot bytes, hook latency; src/savings.rs, docs/SAVINGS.md).
 
 use crate::savings::{self, floor_round};
@@ -291,7 +291,7 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bench --trace ...`: issue 9's side-by-side comparison (src/savings.rs).
+/// `bench --trace ...`: the side-by-side comparison of filter x compression (src/savings.rs).
 fn run_traces(a: &Args) -> Result<ExitCode> {
     let work =
         tempfile::Builder::new().prefix("cln-replica-bench").tempdir_in(&a.dir).context("cannot work in --dir")?;

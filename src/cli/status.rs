@@ -2,6 +2,7 @@
 
 use crate::config::{self, Config};
 use crate::inventory::inventory;
+use crate::journal::format::BaseKind;
 use crate::status::PluginStatus;
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -57,14 +58,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let fmt = crate::clock::format_unix_ms;
     for (i, g) in inv.generations.iter().enumerate() {
         let origin = match (g.base, i.checked_sub(1).map(|p| &inv.generations[p])) {
-            ("compacted", Some(p)) => format!(", compacted from generation {}", p.generation),
-            ("compacted", None) => ", compacted (older generations removed by retention)".into(),
+            (BaseKind::Compacted, Some(p)) => format!(", compacted from generation {}", p.generation),
+            (BaseKind::Compacted, None) => ", compacted (older generations removed by retention)".into(),
             _ => String::new(),
         };
         println!(
             "  generation {}: {} at data_version {} ({}){origin}, changes up to data_version {}, {} records, last write {}{}",
             g.generation,
-            g.base,
+            g.base.name(),
             g.base_version,
             super::bytes(g.snapshot_bytes),
             g.last_version,
@@ -81,7 +82,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             super::bytes(g.disk_bytes),
             super::bytes(g.record_bytes)
         );
-        if g.filter != crate::filter::Filter::None.name() {
+        if g.filter != crate::filter::Filter::None {
             println!(
                 "    filtered (filter = \"{}\"): leaves out {}; a node restored from it must rescan (docs/CACHES.md)",
                 g.filter,

@@ -61,7 +61,8 @@ pub enum RecordKind {
 }
 
 /// What a generation's snapshot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u32)]
 pub enum BaseKind {
     /// A copy of lightningd's committed database at `base_version`.
@@ -73,6 +74,12 @@ pub enum BaseKind {
     /// records (never from lightningd's live file): the same history, rolled
     /// up at `base_version`. The generation continues the previous one.
     Compacted = 3,
+}
+
+impl std::fmt::Display for BaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl BaseKind {

@@ -4,7 +4,7 @@
 //! `db_write` hook is answered inline (lightningd waits for it anyway). The
 //! loop ends when lightningd closes stdin, or, after the `shutdown`
 //! notification, once no message has come for `shutdown_quiet_ms`: lightningd
-//! would otherwise hold `stop` for 30 s waiting for us (DOMAIN.md). Either way
+//! would otherwise hold `stop` for 30 s waiting for us (docs/LIGHTNINGD.md, "Shutdown"). Either way
 //! the journal is sealed before the process exits.
 
 pub mod background;

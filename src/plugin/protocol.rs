@@ -1,7 +1,7 @@
 //! JSON-RPC 2.0 framing over the plugin's stdin and stdout.
 //!
 //! lightningd writes one JSON object per message and ends each with a blank
-//! line, but a reader must accept any whitespace between objects (DOMAIN.md).
+//! line, but a reader must accept any whitespace between objects (docs/LIGHTNINGD.md).
 //! [`FrameReader`] finds object boundaries itself (tracking strings and
 //! escapes), so a message is parsed once, from one contiguous slice, and a
 //! read can wait with a timeout (needed after `shutdown`). Anything that is not

@@ -128,7 +128,8 @@ pub enum OnTimeout {
     Degrade,
 }
 
-/// The tables whose changes the `channel-state` tier waits for (DOMAIN.md).
+/// The tables whose changes the `channel-state` tier waits for: the channel
+/// state funds depend on (docs/LIGHTNINGD.md, "The schema").
 pub const CHANNEL_STATE_TABLES: &[&str] = &[
     "channels",
     "channel_htlcs",

@@ -1,5 +1,5 @@
 //! A trace shaped like a mainnet node's block processing, as lightningd
-//! v26.06 writes it (issue 9's benchmark: how many bytes the chain costs the
+//! v26.06 writes it (the savings benchmark: how many bytes the chain costs the
 //! journal, with and without `filter = "caches"`).
 //!
 //! What one new block writes, read in CLN's source (commit 090f4b0e6981) and

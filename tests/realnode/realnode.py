@@ -42,11 +42,10 @@ from pyln.client import LightningRpc, RpcError
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARBALL_NAME = 'cln-v26.06-x86_64-linux.tar.xz'
 # Where the CLN build and fakechain.py are looked for when CLN_SHARED_DIR is
-# not set: beside the checkout (/work/main -> /work/shared/cln), beside a
-# worktree's parent (/work/wt/issue-3 -> /work/shared/cln), or /work/shared/cln.
+# not set: `shared/cln` beside the checkout, or beside the checkout's parent
+# (a worktree kept one level deeper).
 SHARED_CLN_CANDIDATES = [os.path.join(os.path.dirname(REPO), 'shared', 'cln'),
-                         os.path.join(os.path.dirname(os.path.dirname(REPO)), 'shared', 'cln'),
-                         '/work/shared/cln']
+                         os.path.join(os.path.dirname(os.path.dirname(REPO)), 'shared', 'cln')]
 
 
 def default_shared_cln():
@@ -448,7 +447,7 @@ class Node:
         self.replica = replica
         self.journal = journal or os.path.join(env.backup_dir, 'journal-' + name)
         self.status_file = os.path.join(env.workdir, 'status-%s.json' % name)
-        # The bootable mirror (issue 7), beside the work directory rather than
+        # The bootable mirror, beside the work directory rather than
         # on the backup device, so that the disk-full step tests the journal.
         self.mirror = os.path.join(env.workdir, 'mirror-%s.sqlite3' % name)
         if replica:

@@ -10,7 +10,7 @@ be replayed onto an empty database. workload.py itself starts a once without
 the recorder; this wrapper only changes that.
 
     python3 tests/realnode/record_trace.py --workdir /tmp/rec [--scale 1] \
-        [--shared-cln /work/shared/cln] [--out tests/fixtures/cln-v26.06-realnode.jsonl.zst]
+        [--shared-cln ../shared/cln] [--out tests/fixtures/cln-v26.06-realnode.jsonl.zst]
 
 Needs pyln-client (scripts/setup.d/30-real-node) and the `zstd` command.
 The trace is written zstd-compressed (level 19) to --out.
@@ -28,7 +28,7 @@ def main():
     p.add_argument('--workdir', required=True, help='a fresh directory for nodes, chain and logs')
     p.add_argument('--scale', type=float, default=1.0)
     p.add_argument('--seed', type=int, default=20260901)
-    p.add_argument('--shared-cln', default=os.environ.get('CLN_SHARED_DIR', '/work/shared/cln'))
+    p.add_argument('--shared-cln', default=os.environ.get('CLN_SHARED_DIR', os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), '..', 'shared', 'cln')))
     here = os.path.dirname(os.path.abspath(__file__))
     p.add_argument('--out', default=os.path.join(here, '..', 'fixtures', 'cln-v26.06-realnode.jsonl.zst'))
     a = p.parse_args()
