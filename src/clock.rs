@@ -40,6 +40,11 @@ pub fn format_unix_ms(ms: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
 }
 
+/// `20261125T111620Z`: a UTC time for file names.
+pub fn format_unix_ms_compact(ms: u64) -> String {
+    format_unix_ms(ms).replace(['-', ':'], "")
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (or a space for `T`, `Z` optional; UTC),
 /// `YYYY-MM-DD`, or `@UNIX_SECONDS`, to unix milliseconds.
 pub fn parse_to_unix_ms(s: &str) -> Result<u64> {

@@ -110,6 +110,76 @@ pub fn remove_if_exists(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
+/// Opens `path` for reading only if it is what a reader expects: a regular
+/// file (not a FIFO, whose open would block, nor a device) of at most
+/// `max_bytes` when given. The open itself never blocks (O_NONBLOCK, which
+/// is meaningless for a regular file once it is one). Returns the file and
+/// its size.
+pub fn open_regular(path: &Path, max_bytes: Option<u64>) -> std::io::Result<(File, u64)> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    let m = f.metadata()?;
+    let t = m.file_type();
+    if !t.is_file() {
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::new(ErrorKind::InvalidInput, format!("{} is {what}, not a regular file", path.display())));
+    }
+    if let Some(max) = max_bytes.filter(|&max| m.len() > max) {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("{} is {} bytes, more than the {max} it may hold", path.display(), m.len()),
+        ));
+    }
+    Ok((f, m.len()))
+}
+
+/// Reads a whole small file that must be a regular file of at most `max_bytes`.
+pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let (mut f, len) = open_regular(path, Some(max_bytes))?;
+    let mut out = Vec::with_capacity(len as usize);
+    (&mut f).take(max_bytes + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} grew past {max_bytes} bytes", path.display()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Serialises a path as text, replacing what is not UTF-8: reports and
+/// statuses must never fail (or panic) on a path that is not valid UTF-8.
+pub fn serialize_path_lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// [`serialize_path_lossy`] for an optional path.
+pub fn serialize_opt_path_lossy<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
+}
+
+/// [`serialize_path_lossy`] for a list of paths.
+pub fn serialize_paths_lossy<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(ps.len()))?;
+    for p in ps {
+        seq.serialize_element(&p.to_string_lossy())?;
+    }
+    seq.end()
+}
+
 /// Size and CRC32C of a file, read in chunks.
 pub fn file_crc32c(path: &Path) -> Result<(u64, u32)> {
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;

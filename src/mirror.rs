@@ -26,7 +26,7 @@ use crate::files::{self, Durability, Staged};
 use crate::journal::format::BaseKind;
 use crate::journal::reader::{Generation, Record};
 use crate::journal::{layout, Bound, Cursor, Progress, Resolved};
-use crate::replay;
+use crate::replay::{self, ReplayDb};
 use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
@@ -59,12 +59,12 @@ fn write_sidecar(mirror: &Path, s: &Sidecar) -> Result<()> {
     files::replace_with_bytes(&sidecar_path(mirror), &serde_json::to_vec(s)?, Durability::Flushed)
 }
 
-fn open_mirror(path: &Path) -> Result<Connection> {
+fn open_mirror(path: &Path) -> Result<ReplayDb> {
     let conn = Connection::open(path).with_context(|| format!("cannot open the mirror {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
         .with_context(|| format!("cannot configure the mirror {}", path.display()))?;
-    Ok(conn)
+    ReplayDb::guard(conn)
 }
 
 /// `a` is after `b` in data_version order (modulo 2^32).
@@ -77,7 +77,7 @@ fn after(a: u32, b: u32) -> bool {
 pub struct Follower {
     journal: PathBuf,
     path: PathBuf,
-    conn: Option<Connection>,
+    conn: Option<ReplayDb>,
     sidecar: Sidecar,
     /// The mirror's data_version (its `vars`), confirmed or the applied pending one.
     version: u32,
@@ -263,7 +263,7 @@ impl Follower {
         if let Some(conn) = self.conn.take() {
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
                 .with_context(|| format!("cannot checkpoint the mirror {}", self.path.display()))?;
-            conn.close().map_err(|(_, e)| e).context("cannot close the mirror")?;
+            conn.close().context("cannot close the mirror")?;
             files::sync_file_and_dir(&self.path)?;
         }
         Ok(())
@@ -408,14 +408,20 @@ pub struct MirrorRestoreReport {
     /// (as in [`crate::restore::RestoreReport`]).
     pub filter: crate::filter::Filter,
     pub rescan_from_height: Option<u32>,
+    #[serde(flatten)]
+    pub installed: crate::restore::target::Installed,
 }
 
 /// Brings a copy of the mirror to the newest journal version and puts it at
 /// `to`: usually a few changes to replay instead of a whole generation.
-pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool) -> Result<MirrorRestoreReport> {
-    if to.exists() && !force {
-        bail!("{} exists; restore will not overwrite it without --force", to.display());
-    }
+pub fn restore_from_mirror(
+    journal: &Path,
+    mirror: &Path,
+    to: &Path,
+    force: bool,
+    allow_older: bool,
+) -> Result<MirrorRestoreReport> {
+    let existing = crate::restore::target::precheck(to, force)?;
     if !mirror.exists() {
         bail!("the mirror {} does not exist", mirror.display());
     }
@@ -458,12 +464,14 @@ pub fn restore_from_mirror(journal: &Path, mirror: &Path, to: &Path, force: bool
             rebuilt,
             filter,
             rescan_from_height: rescan,
+            installed: Default::default(),
         })
     })();
     files::remove_if_exists(&tmp_sidecar);
     let report = result?;
-    staged.install(Durability::Flushed)?;
-    Ok(report)
+    crate::restore::target::check_not_older(to, &existing, report.data_version, allow_older)?;
+    let installed = crate::restore::target::put_in_place(staged, &existing)?;
+    Ok(MirrorRestoreReport { installed, ..report })
 }
 
 #[cfg(test)]

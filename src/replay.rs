@@ -8,35 +8,180 @@
 //! and says precisely where a replay failed.
 
 use crate::journal::format::RecordHeader;
+use crate::journal::format::RECORD_PAYLOAD_BYTES_MAX;
 use crate::journal::reader::{Generation, Record, RecordLoc};
 use crate::journal::{Bound, Cursor, Resolved};
 use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A database that journal records are replayed onto: restore's, verify's
+/// trial replay, compaction's new snapshot, the mirror. While a record's
+/// statements run, SQLite's authorizer lets through only what lightningd
+/// sends (docs/LIGHTNINGD.md, "Every statement lightningd can send"): a
+/// journal whose CRC-32C records were forged by someone who can write the
+/// backup device cannot attach or create other files, load extensions,
+/// write another schema or change settings beyond `PRAGMA foreign_keys`.
+pub struct ReplayDb {
+    conn: Connection,
+    guard: Arc<Guard>,
+}
+
+/// The authorizer's state: on only while a record's statements run (our
+/// own BEGIN/COMMIT and checks run with it off), and what it last denied.
+#[derive(Default)]
+struct Guard {
+    active: AtomicBool,
+    denied: Mutex<Option<String>>,
+}
+
+impl std::ops::Deref for ReplayDb {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl ReplayDb {
+    /// Opens `path` for replay with lightningd's settings, guarded.
+    pub fn open(path: &Path) -> Result<ReplayDb> {
+        let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // Foreign keys as lightningd runs them: `DELETE FROM blocks` must cascade.
+        // The rollback journal stays in memory: a failed replay discards the file.
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;")
+            .with_context(|| format!("cannot configure {}", path.display()))?;
+        ReplayDb::guard(conn)
+    }
+
+    /// Guards an open connection (the mirror opens its own, in WAL mode).
+    pub fn guard(mut conn: Connection) -> Result<ReplayDb> {
+        use rusqlite::limits::Limit;
+        // No database can be attached at all, whatever the authorizer says;
+        // no statement can be longer than a record.
+        conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, RECORD_PAYLOAD_BYTES_MAX as i32)?;
+        let guard = Arc::new(Guard::default());
+        let g = guard.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            if !g.active.load(Ordering::Relaxed) {
+                return Authorization::Allow;
+            }
+            match lightningd_may(&ctx) {
+                Ok(()) => Authorization::Allow,
+                Err(why) => {
+                    *g.denied.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    Authorization::Deny
+                }
+            }
+        }))?;
+        Ok(ReplayDb { conn, guard })
+    }
+
+    /// Runs one of a record's statements under the authorizer.
+    fn run_record_statement(&self, sql: &str) -> Result<(), StatementError> {
+        // VACUUM is not an authorizer action: refused by its text (lightningd
+        // never sends it; VACUUM INTO would write a file anywhere).
+        if sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("VACUUM")) {
+            return Err(StatementError::Denied("VACUUM, which lightningd never sends".into()));
+        }
+        self.guard.active.store(true, Ordering::Relaxed);
+        let r = self.conn.execute_batch(sql);
+        self.guard.active.store(false, Ordering::Relaxed);
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => match self.guard.denied.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(why) => Err(StatementError::Denied(why)),
+                None => Err(StatementError::Sqlite(e)),
+            },
+        }
+    }
+
+    pub fn close(self) -> Result<()> {
+        self.conn.close().map_err(|(_, e)| e).context("cannot close the database")
+    }
+}
+
+/// Why one of a record's statements did not run.
+#[derive(Debug)]
+enum StatementError {
+    /// Something lightningd never sends: the journal is forged or damaged.
+    Denied(String),
+    Sqlite(rusqlite::Error),
+}
+
+/// Whether lightningd's statements can ask SQLite for this (what the
+/// authorizer saw replaying real traces, docs/LIGHTNINGD.md): rows and
+/// tables of the main database, indexes, `PRAGMA foreign_keys`, and the
+/// reads and functions SQLite runs for them (an ALTER TABLE reads and
+/// updates `sqlite_temp_master` in `temp`). Everything else is refused.
+fn lightningd_may(ctx: &AuthContext<'_>) -> Result<(), String> {
+    let main = |what: &str| match ctx.database_name {
+        None | Some("main") => Ok(()),
+        Some(db) => Err(format!("{what} in the database {db:?}, not lightningd's")),
+    };
+    match ctx.action {
+        AuthAction::Select | AuthAction::Recursive => Ok(()),
+        AuthAction::Read { table_name, .. } | AuthAction::Update { table_name, .. }
+            if ctx.database_name == Some("temp") && table_name == "sqlite_temp_master" =>
+        {
+            Ok(())
+        }
+        AuthAction::Read { .. } => main("a read"),
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. } => main(&format!("a write to {table_name}")),
+        AuthAction::Reindex { .. } => main("a reindex"),
+        AuthAction::Pragma { pragma_name, pragma_value }
+            if pragma_name.eq_ignore_ascii_case("foreign_keys")
+                && pragma_value.is_none_or(|v| v.eq_ignore_ascii_case("ON") || v.eq_ignore_ascii_case("OFF")) =>
+        {
+            Ok(())
+        }
+        AuthAction::Function { function_name } if !function_name.eq_ignore_ascii_case("load_extension") => Ok(()),
+        AuthAction::Attach { filename } => Err(format!("ATTACH of {filename:?}")),
+        AuthAction::Detach { database_name } => Err(format!("DETACH of {database_name:?}")),
+        AuthAction::Pragma { pragma_name, pragma_value } => {
+            Err(format!("PRAGMA {pragma_name}{}", pragma_value.map(|v| format!(" = {v}")).unwrap_or_default()))
+        }
+        AuthAction::Function { function_name } => Err(format!("the function {function_name}()")),
+        other => Err(format!("{other:?}")),
+    }
+}
 
 /// Opens a database for replay with lightningd's settings.
-pub fn open_for_replay(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    // Foreign keys as lightningd runs them: `DELETE FROM blocks` must cascade.
-    // The rollback journal stays in memory: a failed replay discards the file.
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF;")
-        .with_context(|| format!("cannot configure {}", path.display()))?;
-    Ok(conn)
+pub fn open_for_replay(path: &Path) -> Result<ReplayDb> {
+    ReplayDb::open(path)
 }
 
 /// Applies one resolved record. A failing statement is named by its
-/// data_version, its position in the record and the record's location.
-pub fn apply(conn: &Connection, rec: &Record, kind: CallKind) -> Result<()> {
+/// data_version, its position in the record and the record's location; so
+/// is a statement lightningd never sends, which is refused before it runs.
+pub fn apply(db: &ReplayDb, rec: &Record, kind: CallKind) -> Result<()> {
     let statements = rec.statements()?;
-    let fail = |i: usize, e: rusqlite::Error| {
+    let fail = |i: usize, e: StatementError| {
         let s = statements[i];
         let shown: String = s.chars().take(160).collect();
+        let why = match e {
+            StatementError::Denied(what) => format!(
+                "refused: it asks for {what}, which lightningd never sends (the journal is forged or damaged; \
+                 nothing was run)"
+            ),
+            StatementError::Sqlite(e) => e.to_string(),
+        };
         anyhow!(
-            "replaying data_version {} failed at statement {} of {} (record {} at {}): {e}\n  statement: {shown}{}",
+            "replaying data_version {} failed at statement {} of {} (record {} at {}): {why}\n  statement: {shown}{}",
             rec.header.data_version,
             i + 1,
             statements.len(),
@@ -45,11 +190,12 @@ pub fn apply(conn: &Connection, rec: &Record, kind: CallKind) -> Result<()> {
             if shown.len() < s.len() { "..." } else { "" }
         )
     };
+    let conn = &db.conn;
     match kind {
         CallKind::Txn => {
             conn.execute_batch("BEGIN").context("cannot begin a transaction")?;
             for (i, s) in statements.iter().enumerate() {
-                if let Err(e) = conn.execute_batch(s) {
+                if let Err(e) = db.run_record_statement(s) {
                     let _ = conn.execute_batch("ROLLBACK");
                     return Err(fail(i, e));
                 }
@@ -59,7 +205,7 @@ pub fn apply(conn: &Connection, rec: &Record, kind: CallKind) -> Result<()> {
         }
         CallKind::InPlace => {
             for (i, s) in statements.iter().enumerate() {
-                conn.execute_batch(s).map_err(|e| fail(i, e))?;
+                db.run_record_statement(s).map_err(|e| fail(i, e))?;
             }
         }
     }
@@ -134,7 +280,7 @@ pub struct ReplayOutcome {
 /// before `before_unix_ms` if given. `on_record` is called after each applied
 /// record (progress reporting).
 pub fn replay_generation(
-    conn: &Connection,
+    conn: &ReplayDb,
     generation: &Generation,
     until: Option<u32>,
     before_unix_ms: Option<u64>,

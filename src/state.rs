@@ -130,6 +130,13 @@ impl fmt::Display for Backwards {
     }
 }
 
+/// `a` is after `b` in data_version order (modulo 2^32: lightningd's
+/// counter wraps).
+pub fn is_after(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 1 << 31
+}
+
 /// Where `n` lies relative to `p`, with u32 wrap-around counting as +1.
 fn delta(p: u32, n: u32) -> Delta {
     match n.wrapping_sub(p) {

@@ -42,7 +42,12 @@ fn restore_refuses_to_overwrite_and_leaves_no_partial_file() {
     assert!(text(&o).contains("--force"), "{}", text(&o));
     assert_eq!(std::fs::read(&to).unwrap(), b"the operator's file");
 
-    let o = run(&["restore", "--from", &journal, "--to", to.to_str().unwrap(), "--force", "--json"]);
+    // Not a database: its version cannot be told, so it counts as newer.
+    let o = run(&["restore", "--from", &journal, "--to", to.to_str().unwrap(), "--force"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--allow-older"), "{}", text(&o));
+    assert_eq!(std::fs::read(&to).unwrap(), b"the operator's file");
+    let o = run(&["restore", "--from", &journal, "--to", to.to_str().unwrap(), "--force", "--allow-older", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["data_version"], node.data_version());
@@ -51,6 +56,10 @@ fn restore_refuses_to_overwrite_and_leaves_no_partial_file() {
     assert!(cln_replica::dbcompare::compare_files(&live, &to).unwrap().is_empty());
     let names: Vec<_> = std::fs::read_dir(s.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(!names.iter().any(|n| n.to_string_lossy().contains(".tmp")), "{names:?}");
+    // The replaced file is kept aside, never deleted.
+    let aside = report["set_aside"][0].as_str().unwrap();
+    assert!(aside.contains("lightningd.sqlite3.before-restore-"), "{aside}");
+    assert_eq!(std::fs::read(aside).unwrap(), b"the operator's file");
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn restore_with(s: &Setup, at: Option<u32>, before_unix_ms: Option<u64>, name: &
         at,
         before_unix_ms,
         force: false,
+        allow_older: false,
     };
     cln_replica::restore::restore(&opts, |_| {})?;
     Ok(to)

@@ -181,6 +181,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         to: restored.clone(),
         at: None,
         before_unix_ms: None,
+        allow_older: false,
         force: false,
     };
     let report = crate::restore::restore(&opts, |_| {})?;

@@ -34,9 +34,14 @@ pub struct Args {
     /// to the newest journal version: a few changes to replay, not a generation
     #[arg(long, value_name = "FILE", conflicts_with_all = ["at", "before"])]
     from_mirror: Option<PathBuf>,
-    /// Overwrite --to if it exists
+    /// Replace --to if it exists (it is moved aside with its -journal, -wal
+    /// and -shm as <name>.before-restore-<UTC time>, never deleted)
     #[arg(long)]
     force: bool,
+    /// Replace a --to that holds a newer data_version (or one that cannot be
+    /// told) with this older state
+    #[arg(long)]
+    allow_older: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -44,7 +49,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(mirror) = &a.from_mirror {
-        let r = crate::mirror::restore_from_mirror(std::path::Path::new(&a.from), mirror, &a.to, a.force)?;
+        let r =
+            crate::mirror::restore_from_mirror(std::path::Path::new(&a.from), mirror, &a.to, a.force, a.allow_older)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
@@ -56,6 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 r.mirror_data_version.map_or("none".into(), |v| v.to_string()),
                 if r.rebuilt { ", rebuilt from the journal's newest snapshot" } else { "" }
             );
+            print_set_aside(&r.installed, &r.to);
             if let Some(note) = crate::restore::filtered_note(r.filter, r.rescan_from_height) {
                 println!("IMPORTANT: {note}");
             }
@@ -90,7 +97,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         PathBuf::from(&a.from)
     };
-    let opts = RestoreOptions { from, to: a.to, at: a.at, before_unix_ms, force: a.force };
+    let opts = RestoreOptions { from, to: a.to, at: a.at, before_unix_ms, force: a.force, allow_older: a.allow_older };
     let mut bar = super::progress::Bar::new("restore", 0);
     let mut last = 0;
     let report = restore(&opts, |p| {
@@ -121,6 +128,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 report.data_version
             );
         }
+        print_set_aside(&report.installed, &report.to);
         if report.torn_tail_ignored {
             println!("note: a torn record after the last acknowledged change was ignored (a power cut mid-write)");
         }
@@ -129,4 +137,27 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the replaced file went, and how to go back to it.
+fn print_set_aside(installed: &crate::restore::target::Installed, to: &std::path::Path) {
+    let Some(db) = installed.set_aside.first() else { return };
+    println!(
+        "the file it replaced ({}) is kept as {}{}",
+        installed.replaced_data_version.map_or("data_version unknown".into(), |v| format!("data_version {v}")),
+        db.display(),
+        if installed.set_aside.len() > 1 {
+            format!(
+                " with its {}",
+                installed.set_aside[1..].iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  to go back to it: stop lightningd, move {} aside, and rename that set back to {} (each suffix too)",
+        to.display(),
+        to.display()
+    );
 }

@@ -9,9 +9,8 @@ use crate::journal::format::{BaseKind, RecordKind, SegmentHeader};
 use crate::journal::reader::{Generation, Record, RecordLoc};
 use crate::journal::writer::PreparedGeneration;
 use crate::journal::{layout, segment, Bound, Cursor, JournalOptions, Resolved};
-use crate::replay;
+use crate::replay::{self, ReplayDb};
 use anyhow::{bail, Context, Result};
-use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ pub struct Builder {
     pub(super) old: u64,
     number: u64,
     dir: PathBuf,
-    conn: Connection,
+    conn: ReplayDb,
     /// Where the catch-up stands in the old generation.
     cursor: Cursor,
     block_bytes: u32,

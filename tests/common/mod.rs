@@ -51,6 +51,7 @@ impl Setup {
             at,
             before_unix_ms: None,
             force: false,
+            allow_older: false,
         };
         cln_replica::restore::restore(&opts, |_| {})?;
         Ok(to)

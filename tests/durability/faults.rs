@@ -48,8 +48,14 @@ fn bed() -> Bed {
 fn restored_hash(bed: &Bed) -> anyhow::Result<u64> {
     let to = bed.base.path().join("restored.sqlite3");
     let _ = std::fs::remove_file(&to);
-    let opts =
-        RestoreOptions { from: bed.journal.clone(), to: to.clone(), at: None, before_unix_ms: None, force: true };
+    let opts = RestoreOptions {
+        from: bed.journal.clone(),
+        to: to.clone(),
+        at: None,
+        before_unix_ms: None,
+        force: true,
+        allow_older: false,
+    };
     restore::restore(&opts, |_| {})?;
     file_hash(&to)
 }
@@ -316,7 +322,14 @@ fn a_clean_stop_waits_for_retention() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let to = base.path().join("restored.sqlite3");
-    let opts = RestoreOptions { from: journal, to: to.clone(), at: None, before_unix_ms: None, force: true };
+    let opts = RestoreOptions {
+        from: journal,
+        to: to.clone(),
+        at: None,
+        before_unix_ms: None,
+        force: true,
+        allow_older: false,
+    };
     restore::restore(&opts, |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(file_hash(&to).unwrap(), ln.hash());
 }
@@ -368,8 +381,14 @@ fn a_failed_flush_then_a_restart_then_a_power_cut() {
     std::fs::create_dir_all(&img).unwrap();
     bed.fault.media().materialize(&img, Cut::DropUnflushed).unwrap();
     let to = bed.base.path().join("restored-after-cut.sqlite3");
-    let opts =
-        RestoreOptions { from: img.join("journal"), to: to.clone(), at: None, before_unix_ms: None, force: true };
+    let opts = RestoreOptions {
+        from: img.join("journal"),
+        to: to.clone(),
+        at: None,
+        before_unix_ms: None,
+        force: true,
+        allow_older: false,
+    };
     restore::restore(&opts, |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(file_hash(&to).unwrap(), bed.ln.hash());
 }

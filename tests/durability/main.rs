@@ -225,8 +225,14 @@ enum Restored {
 fn restore_image(img: &Path, scratch: &Path) -> Restored {
     let to = scratch.join("restored.sqlite3");
     let _ = std::fs::remove_file(&to);
-    let opts =
-        RestoreOptions { from: img.join("journal"), to: to.clone(), at: None, before_unix_ms: None, force: true };
+    let opts = RestoreOptions {
+        from: img.join("journal"),
+        to: to.clone(),
+        at: None,
+        before_unix_ms: None,
+        force: true,
+        allow_older: false,
+    };
     match restore::restore(&opts, |_| {}) {
         Ok(_) => Restored::Db(file_hash(&to).unwrap()),
         Err(e) => Restored::Failed(format!("{e:#}")),

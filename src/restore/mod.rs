@@ -7,7 +7,7 @@
 //! place: an interrupted restore never leaves a half-built database under
 //! the destination's name.
 
-use crate::files::{Durability, Staged};
+use crate::files::Staged;
 use crate::filter::Filter;
 use crate::journal::format::RECORD_HEADER_BYTES;
 use crate::journal::reader::{self, Generation};
@@ -17,6 +17,8 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
+pub mod target;
+
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub from: PathBuf,
@@ -25,11 +27,16 @@ pub struct RestoreOptions {
     pub at: Option<u32>,
     /// Only changes written at or before this time (unix ms).
     pub before_unix_ms: Option<u64>,
+    /// Replace an existing `to` (it is kept aside, never deleted).
     pub force: bool,
+    /// Replace a file at a newer data_version (or one whose version cannot
+    /// be told) with this older state.
+    pub allow_older: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub to: PathBuf,
     pub generation: u64,
     pub base_version: u32,
@@ -47,6 +54,9 @@ pub struct RestoreReport {
     /// For a filtered backup: start lightningd once with `--rescan=-H`, H
     /// this height, so it rebuilds the tables left out (docs/CACHES.md).
     pub rescan_from_height: Option<u32>,
+    /// What became of the file `to` named before.
+    #[serde(flatten)]
+    pub installed: target::Installed,
 }
 
 /// The height a node restored from a backup that left out `filter`'s tables
@@ -190,12 +200,7 @@ pub fn generation_extent(g: &Generation) -> (u64, Vec<u64>) {
 /// Restores with `progress` called after each applied record.
 pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress)) -> Result<RestoreReport> {
     let started = Instant::now();
-    if opts.to.exists() && !opts.force {
-        bail!("{} exists; restore will not overwrite it without --force", opts.to.display());
-    }
-    if opts.to.is_dir() {
-        bail!("{} is a directory: name the database file to create", opts.to.display());
-    }
+    let existing = target::precheck(&opts.to, opts.force)?;
     let generations =
         reader::generations(&opts.from).with_context(|| format!("cannot read the journal {}", opts.from.display()))?;
     let generation = pick_generation(&generations, opts.at, opts.before_unix_ms)?;
@@ -231,7 +236,7 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
         replay::check_database(&conn, outcome.data_version, true)?;
         let filter = generation.header.filter;
         let rescan = rescan_from_height(&conn, filter).context("cannot read the restored database's blocks")?;
-        conn.close().map_err(|(_, e)| e).context("cannot close the restored database")?;
+        conn.close().context("cannot close the restored database")?;
         Ok(RestoreReport {
             to: opts.to.clone(),
             generation: generation.number,
@@ -244,8 +249,10 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
             seconds: started.elapsed().as_secs_f64(),
             filter,
             rescan_from_height: rescan,
+            installed: target::Installed::default(),
         })
     })()?;
-    staged.install(Durability::Flushed)?;
-    Ok(report)
+    target::check_not_older(&opts.to, &existing, report.data_version, opts.allow_older)?;
+    let installed = target::put_in_place(staged, &existing)?;
+    Ok(RestoreReport { installed, ..report })
 }
