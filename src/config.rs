@@ -15,6 +15,16 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "cln-replica.toml";
 pub const CONFIG_ENV: &str = "CLN_REPLICA_CONFIG";
 pub const DEFAULT_DATABASE: &str = "lightningd.sqlite3";
+/// The most `remote_sync_timeout_ms` may be. lightningd itself never gives
+/// up on a db_write answer, but while it waits it serves no peer: eclair
+/// drops a commitment exchange that stalls 20 s, lnd one that stalls a
+/// minute (docs/LIGHTNINGD.md, "Time limits"). The hook's deliberate waits,
+/// this one and the mirror's backpressure
+/// ([`crate::plugin::background::MIRROR_BACKPRESSURE_MAX`]), add up to 15 s.
+pub const REMOTE_SYNC_TIMEOUT_MS_MAX: u64 = 10_000;
+
+/// A configuration file larger than this is refused unread.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -195,7 +205,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let c: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let c: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", describe_toml_error(text, &e)))?;
         c.validate()?;
         Ok(c)
     }
@@ -241,8 +251,14 @@ impl Config {
         if self.remote_drain_ms + self.shutdown_quiet_ms > 29_000 {
             bail!("remote_drain_ms + shutdown_quiet_ms must stay under 29000 (lightningd waits 30 s for plugins)");
         }
-        if !(100..=3_600_000).contains(&self.remote_lag_ms) || self.remote_sync_timeout_ms == 0 {
-            bail!("remote_lag_ms must be between 100 and 3600000, remote_sync_timeout_ms above 0");
+        if !(100..=3_600_000).contains(&self.remote_lag_ms) {
+            bail!("remote_lag_ms must be between 100 and 3600000");
+        }
+        if !(1..=REMOTE_SYNC_TIMEOUT_MS_MAX).contains(&self.remote_sync_timeout_ms) {
+            bail!(
+                "remote_sync_timeout_ms must be between 1 and {REMOTE_SYNC_TIMEOUT_MS_MAX}: lightningd serves no peer \
+                 while a hook waits, and peers drop a commitment exchange that stalls 20 s"
+            );
         }
         Ok(())
     }
@@ -261,7 +277,9 @@ impl Config {
     /// resolved: `journal` against the file's directory, `database` against
     /// `network_dir`.
     pub fn load(path: &Path, network_dir: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::files::read_regular(path, CONFIG_BYTES_MAX)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
         let mut c = Config::parse(&text).with_context(|| format!("invalid {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         if c.journal.is_relative() {
@@ -282,8 +300,39 @@ impl Config {
         Ok(c)
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("config serialises")
+    /// The configuration as TOML. Fails on a path that is not UTF-8: TOML
+    /// strings are UTF-8, so such a path cannot be written into the file.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self)
+            .map_err(|e| anyhow::anyhow!("cannot write the configuration as TOML ({e}): is a path not UTF-8?"))
+    }
+}
+
+/// A TOML error as an operator can act on it: the line and the key, and
+/// what was expected, but never the value, nor the line's text (toml's own
+/// message quotes both, and a value can be a secret).
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e.span().map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+    let key = line.and_then(|n| text.lines().nth(n - 1)).and_then(|l| {
+        let k = l.split('=').next()?.trim().trim_matches(|c| c == '"' || c == '\'');
+        (!k.is_empty() && k.len() < 64 && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+            .then(|| k.to_string())
+    });
+    let msg = e.message();
+    // Key names (unknown/missing/duplicate field) are no secrets; anything
+    // else may quote the value: keep only what was expected.
+    let what = if msg.starts_with("unknown field") || msg.starts_with("missing field") || msg.starts_with("duplicate") {
+        msg.lines().next().unwrap_or(msg).to_string()
+    } else {
+        match msg.split_once("expected ") {
+            Some((_, expected)) => format!("invalid value, expected {}", expected.lines().next().unwrap_or("")),
+            None => "invalid value or syntax".to_string(),
+        }
+    };
+    match (line, key) {
+        (Some(n), Some(k)) => format!("line {n}, key `{k}`: {what}"),
+        (Some(n), None) => format!("line {n}: {what}"),
+        _ => what,
     }
 }
 
@@ -309,7 +358,7 @@ mod tests {
         let off = Config::parse("journal = \"/j\"\ncompression = \"off\"\n").unwrap();
         assert_eq!(off.journal_options().compression, Compression::Off);
         assert!(Config::parse("journal = \"/j\"\ncompression = \"lz4\"\n").is_err());
-        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
     }
 
     #[test]
@@ -326,6 +375,28 @@ mod tests {
         assert_eq!((c.keep_generations, c.compact_after_secs), (3, 60));
     }
 
+    /// A mistake in the file names the key and the line, never the value:
+    /// the value may be a secret, and the message reaches lightningd's log.
+    #[test]
+    fn errors_never_quote_a_value() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        for text in [
+            format!("journal = \"/j\"\nkey_file = \"k\"\n[[destination]]\nurl = \"s3://b/p\"\nsecret_acess_key = \"{secret}\"\n"),
+            format!("journal = \"/j\"\nremote_quorum = \"{secret}\"\n"),
+            format!("journal = \"/j\"\nfilter = \"{secret}\"\n"),
+            format!("journal = \"/j\"\nsecret = {secret}\n"),
+            format!("journal = \"{secret}\n"),
+        ] {
+            let e = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(!e.contains(secret) && !e.contains("wJalr"), "{e}");
+            assert!(e.contains("line"), "{e}");
+        }
+        let e = Config::parse(&format!("journal = \"/j\"\nremote_quorum = \"{secret}\"\n")).unwrap_err().to_string();
+        assert!(e.contains("`remote_quorum`") && e.contains("line 2"), "{e}");
+        let e = Config::parse("journal = \"/j\"\ndirect_oi = false\n").unwrap_err().to_string();
+        assert!(e.contains("direct_oi"), "{e}");
+    }
+
     #[test]
     fn destinations_parse_and_need_a_key() {
         let text = "journal = \"/j\"\nkey_file = \"k\"\nremote_sync = \"channel-state\"\n\
@@ -334,12 +405,15 @@ mod tests {
         let c = Config::parse(text).unwrap();
         assert_eq!(c.destinations.len(), 2);
         assert_eq!(c.remote_sync, RemoteSync::ChannelState);
-        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
         assert!(Config::parse("journal = \"/j\"\n[[destination]]\nurl = \"file:///x\"\n").is_err(), "no key");
         assert!(Config::parse("journal = \"/j\"\nremote_sync = \"all\"\n").is_err(), "sync without destination");
         assert!(Config::parse("journal = \"/j\"\nkey_file = \"k\"\n[[destination]]\nurl = \"file:///x\"\nurll = 1\n")
             .is_err());
         assert!(Config::parse("journal = \"/j\"\nremote_sync = \"sometimes\"\n").is_err());
+        let slow = "journal = \"/j\"\nkey_file = \"k\"\nremote_sync = \"all\"\nremote_sync_timeout_ms = 60000\n\
+                    [[destination]]\nurl = \"file:///x\"\n";
+        assert!(Config::parse(slow).unwrap_err().to_string().contains("remote_sync_timeout_ms"));
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub fn serialize_paths_lossy<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Resu
 
 /// Size and CRC32C of a file, read in chunks.
 pub fn file_crc32c(path: &Path) -> Result<(u64, u32)> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let (mut f, _) = open_regular(path, None).with_context(|| format!("cannot open {}", path.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     let (mut len, mut crc) = (0u64, 0u32);
     loop {

@@ -46,6 +46,7 @@ pub struct Gap {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub journal: PathBuf,
     pub generations: Vec<GenerationSummary>,
     /// Versions missing between consecutive generations, oldest first.

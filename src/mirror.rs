@@ -52,7 +52,7 @@ pub fn sidecar_path(mirror: &Path) -> PathBuf {
 }
 
 pub fn read_sidecar(mirror: &Path) -> Option<Sidecar> {
-    std::fs::read(sidecar_path(mirror)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    files::read_regular(&sidecar_path(mirror), 1 << 16).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 fn write_sidecar(mirror: &Path, s: &Sidecar) -> Result<()> {
@@ -273,6 +273,7 @@ impl Follower {
 /// What `replica-status` shows about the mirror.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct MirrorStatus {
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub path: PathBuf,
     pub generation: u64,
     pub data_version: Option<u32>,
@@ -397,6 +398,7 @@ impl Mirror {
 /// What `restore --from-mirror` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct MirrorRestoreReport {
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub to: PathBuf,
     pub mirror_data_version: Option<u32>,
     pub data_version: u32,

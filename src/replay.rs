@@ -15,7 +15,7 @@ use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -223,7 +223,8 @@ pub fn copy_snapshot(generation: &Generation, dest: &Path) -> Result<()> {
 /// the journal's flushes on the same device.
 pub fn copy_snapshot_paced(generation: &Generation, dest: &Path, flush_every: Option<u64>) -> Result<()> {
     let src_path = generation.snapshot_path();
-    let mut src = File::open(&src_path).with_context(|| format!("cannot open the snapshot {}", src_path.display()))?;
+    let (mut src, _) = crate::files::open_regular(&src_path, Some(generation.header.snapshot_bytes))
+        .with_context(|| format!("cannot open the snapshot {}", src_path.display()))?;
     let mut dst = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -257,7 +257,7 @@ pub fn run_trace(o: &Options, t: &Trace) -> Result<Vec<Row>> {
         cfg.compression = compression;
         // The whole trace in one generation: the bytes are the records'.
         cfg.compact_journal_bytes = 0;
-        std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml())?;
+        std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml()?)?;
         let mut node = SimNode::open(&node_dir)?;
         node.start_plugin(&o.exe, &[])?;
         for c in &t.calls[..schema_calls] {

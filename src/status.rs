@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+/// A status file larger than this is not read (it is a few KiB).
+pub const STATUS_FILE_BYTES_MAX: u64 = 1 << 20;
+
 /// The status file is rewritten at least this often while the plugin lives.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// ...and at most every this long, however fast changes come.
@@ -45,6 +48,7 @@ pub struct PluginStatus {
     pub state: PluginState,
     pub reason: Option<String>,
     pub pid: u32,
+    #[serde(serialize_with = "crate::files::serialize_opt_path_lossy")]
     pub journal: Option<PathBuf>,
     pub generation: u64,
     /// The last data_version in the journal.

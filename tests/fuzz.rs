@@ -208,7 +208,7 @@ proptest! {
         ] {
             if let Ok(c) = Config::parse(&t) {
                 prop_assert!(c.validate().is_ok());
-                prop_assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+                prop_assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
             }
         }
     }

@@ -195,7 +195,7 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     let mut cfg = super::demo::write_config(&node_dir, &journal)?;
     cfg.compact_journal_bytes = 0;
     cfg.keep_generations = 1;
-    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml())?;
+    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml()?)?;
     let exe = match &a.plugin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,

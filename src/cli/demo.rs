@@ -83,7 +83,7 @@ pub fn write_config(node_dir: &Path, journal: &Path) -> Result<Config> {
         println!("  note: {} refuses O_DIRECT; this demo uses direct_io = false", node_dir.display());
         cfg.direct_io = false;
     }
-    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml())?;
+    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), cfg.to_toml()?)?;
     Ok(cfg)
 }
 

@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .open(&config_path)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         writeln!(f, "# cln-replica configuration (see the README). Written by `cln-replica init`.")?;
-        f.write_all(cfg.to_toml().as_bytes())?;
+        f.write_all(cfg.to_toml()?.as_bytes())?;
         f.sync_all()?;
     }
     println!(

@@ -14,7 +14,7 @@ pub struct Args {
     /// The journal directory (`journal` in cln-replica.toml), or a destination:
     /// s3://bucket/prefix, sftp://user@host:port/path, file:///path
     #[arg(long)]
-    from: String,
+    from: std::ffi::OsString,
     /// Key file for a destination URL (made by `cln-replica keygen`)
     #[arg(long, value_name = "FILE", conflicts_with = "hsm_secret")]
     key_file: Option<PathBuf>,
@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let before_unix_ms = a.before.as_deref().map(crate::clock::parse_to_unix_ms).transpose()?;
-    let source = Source { from: a.from.clone(), key_file: a.key_file, hsm_secret: a.hsm_secret };
+    let source = Source { from: a.from.to_string_lossy().into_owned(), key_file: a.key_file, hsm_secret: a.hsm_secret };
     let _fetched;
     let from = if source.is_remote() {
         let near = match a.to.parent() {
@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 "fetched {} object(s), {} from {}: generation(s) {:?}, every object authenticated",
                 fetched.objects,
                 super::bytes(fetched.bytes),
-                a.from.split('?').next().unwrap_or(""),
+                a.from.to_string_lossy().split('?').next().unwrap_or(""),
                 fetched.generations
             );
         }

@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let live: Option<PluginStatus> = config
         .as_ref()
         .and_then(|c| c.status_file.as_ref())
-        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|p| crate::files::read_regular(p, crate::status::STATUS_FILE_BYTES_MAX).ok())
         .and_then(|b| serde_json::from_slice(&b).ok());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json!({"journal": inv, "plugin": live}))?);

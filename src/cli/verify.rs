@@ -11,7 +11,7 @@ problem names its generation, data_version and byte offset), 2 when the journal 
 pub struct Args {
     /// The journal directory, or a destination URL (s3://, sftp://, file://)
     #[arg(long)]
-    from: String,
+    from: std::ffi::OsString,
     /// Key file for a destination URL
     #[arg(long, value_name = "FILE", conflicts_with = "hsm_secret")]
     key_file: Option<PathBuf>,
@@ -27,7 +27,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let source = crate::remote::fetch::Source { from: a.from.clone(), key_file: a.key_file, hsm_secret: a.hsm_secret };
+    let source = crate::remote::fetch::Source {
+        from: a.from.to_string_lossy().into_owned(),
+        key_file: a.key_file,
+        hsm_secret: a.hsm_secret,
+    };
     let (_guard, from) = if source.is_remote() {
         // Every object is downloaded and authenticated; a refusal names it.
         let (dir, fetched) = match source.materialise(crate::remote::fetch::Which::All, &std::env::temp_dir()) {

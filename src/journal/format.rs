@@ -27,6 +27,11 @@ pub const SEGMENT_HEADER_BYTES: usize = 128;
 pub const RECORD_MAGIC: [u8; 4] = [0xFF, b'C', b'R', b'1'];
 pub const RECORD_HEADER_BYTES: usize = 48;
 
+/// Largest segment a reader accepts: the largest `segment_bytes` setting
+/// (4 GiB), or one record larger than it, plus the header block. A header
+/// claiming more is refused (a 64 GiB sparse file is not scanned block by block).
+pub const SEGMENT_BYTES_MAX: u64 = (1 << 32) + RECORD_PAYLOAD_BYTES_MAX as u64 + (2 << 20);
+
 /// Largest payload a record may carry. A `db_write` call larger than this is
 /// refused (lightningd stops) rather than split: a change is stored whole or
 /// not at all.
@@ -213,7 +218,10 @@ impl SegmentHeader {
         if h.segment == 0 || h.generation == 0 {
             return Err(FormatError::Field("generation/segment"));
         }
-        if h.segment_bytes < 2 * block_bytes as u64 || !h.segment_bytes.is_multiple_of(block_bytes as u64) {
+        if h.segment_bytes < 2 * block_bytes as u64
+            || !h.segment_bytes.is_multiple_of(block_bytes as u64)
+            || h.segment_bytes > SEGMENT_BYTES_MAX
+        {
             return Err(FormatError::Field("segment_bytes"));
         }
         Ok(h)

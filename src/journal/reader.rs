@@ -58,6 +58,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     move |source| JournalError::Io { path: path.to_path_buf(), source }
 }
 
+/// Opens a segment: a regular file no larger than a segment may be (a FIFO
+/// or a device there is refused at once instead of blocking a reader).
+fn open_segment(path: &Path) -> Result<File, JournalError> {
+    crate::files::open_regular(path, Some(format::SEGMENT_BYTES_MAX)).map(|(f, _)| f).map_err(io_err(path))
+}
+
 /// One segment file of a generation.
 #[derive(Debug, Clone)]
 pub struct SegmentInfo {
@@ -92,7 +98,7 @@ impl Generation {
                     detail: format!("segment {} is missing (segments must be numbered from 1 without holes)", i + 1),
                 });
             }
-            let file = File::open(&path).map_err(io_err(&path))?;
+            let file = open_segment(&path)?;
             let file_bytes = file.metadata().map_err(io_err(&path))?.len();
             let mut b = [0u8; SEGMENT_HEADER_BYTES];
             file.read_exact_at(&mut b, 0).map_err(io_err(&path))?;
@@ -166,7 +172,7 @@ impl Generation {
     /// the whole generation.
     pub fn records_from_last_segment(&self) -> Result<RecordScanner<'_>, JournalError> {
         for (i, seg) in self.segments.iter().enumerate().rev() {
-            let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
+            let file = open_segment(&seg.path)?;
             if let Some(h) =
                 read_valid_record(&file, &seg.path, seg.header.block_bytes as u64, seg.file_bytes, &mut vec![])?
             {
@@ -354,7 +360,7 @@ impl<'g> RecordScanner<'g> {
         let last_seg = if later_segments { self.generation.segments.len() } else { self.seg + 1 };
         for si in self.seg..last_seg {
             let s = &self.generation.segments[si];
-            let file = File::open(&s.path).map_err(io_err(&s.path))?;
+            let file = open_segment(&s.path)?;
             let mut offset = if si == self.seg { from + block } else { block };
             while offset + RECORD_HEADER_BYTES as u64 <= s.file_bytes {
                 if let Some(h) = read_valid_record(&file, &s.path, offset, s.file_bytes, &mut buf)? {
@@ -380,7 +386,7 @@ impl<'g> RecordScanner<'g> {
             }
             let seg = &self.generation.segments[self.seg];
             if self.file.is_none() {
-                self.file = Some(File::open(&seg.path).map_err(io_err(&seg.path))?);
+                self.file = Some(open_segment(&seg.path)?);
             }
             let file = self.file.as_ref().expect("opened above");
             let at_segment_end = self.offset + RECORD_HEADER_BYTES as u64 > seg.file_bytes;

@@ -178,7 +178,8 @@ fn record_on_media(device: &dyn Device, path: &Path, at: u64, len: u64) -> Resul
 }
 
 fn first_record_block_is_zero(path: &Path, block_bytes: u32) -> Result<bool, WriteError> {
-    let f = File::open(path).map_err(io_at(format!("cannot open {}", path.display())))?;
+    let (f, _) = crate::files::open_regular(path, Some(super::format::SEGMENT_BYTES_MAX))
+        .map_err(io_at(format!("cannot open {}", path.display())))?;
     let mut b = vec![0u8; format::RECORD_HEADER_BYTES];
     f.read_exact_at(&mut b, block_bytes as u64).map_err(io_at(format!("cannot read {}", path.display())))?;
     Ok(b.iter().all(|&x| x == 0))

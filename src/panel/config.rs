@@ -119,7 +119,9 @@ impl PanelConfig {
     }
 
     pub fn load(path: &Path) -> Result<PanelConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::files::read_regular(path, crate::config::CONFIG_BYTES_MAX)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
         PanelConfig::parse(&text).with_context(|| format!("invalid {}", path.display()))
     }
 

@@ -142,7 +142,8 @@ pub fn assess(i: &Inputs) -> Condition {
 
 /// Reads and parses the status file.
 pub fn read_status(path: &Path) -> Result<StatusView, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::files::read_regular(path, crate::status::STATUS_FILE_BYTES_MAX)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("cannot parse {}: {e}", path.display()))
 }
 

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 /// After a compaction failed, the thresholds start another one no sooner.
 const COMPACTION_RETRY_MS: u64 = 60_000;
-/// The hook waits at most this long for a mirror lagging past `mirror_max_lag`.
-const MIRROR_BACKPRESSURE_MAX: Duration = Duration::from_secs(10);
+/// The hook waits at most this long for a mirror lagging past
+/// `mirror_max_lag` (with the synchronous tier's wait, at most
+/// [`crate::config::REMOTE_SYNC_TIMEOUT_MS_MAX`], under the 20 s a peer allows).
+pub const MIRROR_BACKPRESSURE_MAX: Duration = Duration::from_secs(5);
 /// Retention keeps the generation the mirror is on until it moved on, at most this long.
 const RETENTION_MIRROR_WAIT_MAX: Duration = Duration::from_secs(60);
 

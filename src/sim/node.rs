@@ -162,12 +162,13 @@ impl SimNode {
         let params = json!({
             "options": {},
             "configuration": {
-                "lightning-dir": self.dir,
+                // JSON strings are UTF-8, as lightningd's are.
+                "lightning-dir": self.dir.to_string_lossy(),
                 "rpc-file": "lightning-rpc",
                 "startup": true,
                 "network": "regtest",
                 "feature_set": {},
-                "lightning-dir-root": lightning_dir,
+                "lightning-dir-root": lightning_dir.to_string_lossy(),
             }
         });
         let answer = self.request("init", params)?.ok_or_else(|| anyhow!("the plugin exited during init"))?;
