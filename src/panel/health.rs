@@ -240,6 +240,17 @@ mod tests {
         assert!(matches!(assess_with(Ok(view(PluginState::Starting)), None, true), Condition::LightningdDown(_)));
     }
 
+    /// A FIFO where the status file should be is an unknown status at
+    /// once, never a read that blocks the panel (and its shutdown sequence).
+    #[test]
+    fn a_fifo_status_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("status.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_status(&fifo).unwrap_err();
+        assert!(e.contains("FIFO"), "{e}");
+    }
+
     #[test]
     fn reads_the_plugins_own_file_and_ignores_new_fields() {
         let board = crate::status::StatusBoard::default();

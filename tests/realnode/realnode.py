@@ -703,7 +703,13 @@ def confirmed_outputs(node):
 # cln-replica's command line.
 
 def restore(env, journal, dest, at=None):
-    cmd = [env.plugin, 'restore', '--from', journal, '--to', dest, '--force', '--json']
+    """Restores into `dest`, a scratch file of the test's: what stood there
+    (an earlier check's restore, perhaps newer) is removed first, so that
+    restore's own protection of an existing file does not come into play."""
+    for f in (dest, dest + '-journal', dest + '-wal', dest + '-shm'):
+        if os.path.exists(f):
+            os.remove(f)
+    cmd = [env.plugin, 'restore', '--from', journal, '--to', dest, '--json']
     if at is not None:
         cmd += ['--at', str(at)]
     return json.loads(run(cmd).stdout)

@@ -24,6 +24,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -248,6 +249,77 @@ def kill9_lightningd_midcommit(env, a, attempts=400):
     return False
 
 
+def restore_over_crashed_node(env, a, b, c):
+    """What an operator does after a crash: restore over the node's own
+    database. A hot rollback journal is left beside it by killing lightningd
+    while a transaction larger than SQLite's page cache waits in the hook
+    (the plugin is stopped, so the change is never acknowledged). The
+    restore must move the database and its journal aside as one set, the
+    node must start on the restored file, and a restore while it runs must
+    be refused."""
+    plugin = a.plugin_pid()
+    kids = children_of(a.proc.pid)
+    a.pids.update(kids)
+    os.kill(plugin, signal.SIGSTOP)
+    hot = a.db + '-journal'
+    # 3 MB: more than the ~2 MiB page cache, so SQLite spills into the file
+    # (and writes the journal) before the hook; lightningd crashes on a
+    # datastore value of 4 MiB (docs/LIGHTNINGD.md), well above this.
+    big = threading.Thread(target=lambda: _ignore(lambda: a.rpc.datastore(key=['restore-test'],
+                                                                         hex='ab' * 3_000_000)))
+    big.start()
+    try:
+        wait_for(lambda: os.path.exists(hot) and os.path.getsize(hot) > 0,
+                 'a hot journal beside %s while the hook waits' % a.db, 60)
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait(timeout=60)
+    finally:
+        os.kill(plugin, signal.SIGCONT)
+    a._reap(kids)
+    a.proc, a.rpc = None, None
+    big.join(timeout=60)
+    if not os.path.exists(hot):
+        raise Failure('no hot journal left beside %s by the kill' % a.db)
+    log('kill -9 of lightningd with a %d-byte hot journal beside its database' % os.path.getsize(hot))
+    out = run([env.plugin, 'restore', '--from', a.journal, '--to', a.db, '--force', '--json'], check=False)
+    if out.returncode != 0:
+        raise Failure('restore over the crashed node failed: %s' % (out.stdout + out.stderr)[-800:])
+    rep = json.loads(out.stdout)
+    aside = rep.get('set_aside', [])
+    if os.path.exists(hot) or len(aside) < 2 or not any(p.endswith('-journal') for p in aside):
+        raise Failure('the old database and its journal were not moved aside together: %s' % aside)
+    for p in aside:
+        if not os.path.exists(p):
+            raise Failure('%s, reported set aside, is missing' % p)
+    con = sqlite3.connect('file:%s?mode=ro' % a.db, uri=True)
+    restored_channels = sorted(r[0].hex() for r in con.execute('SELECT full_channel_id FROM channels'))
+    if con.execute('PRAGMA integrity_check').fetchone()[0] != 'ok':
+        raise Failure('the restored database fails integrity_check')
+    con.close()
+    a.start()
+    node_channels = sorted(ch['channel_id'] for ch in a.channels())
+    if node_channels != restored_channels:
+        raise Failure('the node on the restored file shows channels %s, the restore holds %s'
+                      % (node_channels, restored_channels))
+    refused = run([env.plugin, 'restore', '--from', a.journal, '--to', a.db, '--force'], check=False)
+    text = refused.stdout + refused.stderr
+    if refused.returncode == 0 or 'running' not in text and 'is open in process' not in text:
+        raise Failure('a restore while lightningd runs on the database was not refused: %s' % text[-500:])
+    wait_mesh(a, b, c)
+    SUMMARY['checks'].append('restore over a crashed node: database and hot journal set aside (%s), node started '
+                             'on the restore with its %d channels, a restore while it ran refused'
+                             % (', '.join(os.path.basename(p) for p in aside), len(node_channels)))
+    log('restored over the crashed node: %s; a restore while it ran: %s'
+        % (', '.join(os.path.basename(p) for p in aside), text.strip().splitlines()[-1][:160]))
+
+
+def _ignore(fn):
+    try:
+        fn()
+    except (RpcError, OSError, ValueError):
+        pass
+
+
 def _plugin_idle(pid, deadline):
     """The plugin is blocked reading its stdin (its answer, if any, is sent)."""
     while time.time() < deadline:
@@ -430,6 +502,9 @@ def run_suite(env, scaled):
         check_journal(env, a, 'after restart from kill -9, clean stop')
         a.start()
         wait_mesh(a, b, c)
+
+    with Phase('3b. restore over a crashed node\'s directory, hot journal and all'):
+        restore_over_crashed_node(env, a, b, c)
 
     with Phase('4. kill -9 of the plugin alone'):
         bg = Background(payment_job(payer, a, b, c, ['b2c', 'c2b', 'a2b']), scaled(40), threads=3)
