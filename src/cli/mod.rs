@@ -9,6 +9,8 @@ mod keygen;
 mod panel;
 pub mod progress;
 mod restore;
+#[cfg(feature = "lab")]
+mod simnode;
 mod status;
 pub mod time;
 mod verify;
@@ -42,6 +44,8 @@ enum Command {
     #[cfg(feature = "panel")]
     Panel(panel::Args),
     Keygen(keygen::Args),
+    #[cfg(feature = "lab")]
+    Simnode(simnode::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -57,6 +61,8 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "panel")]
         Command::Panel(a) => panel::run(a),
         Command::Keygen(a) => keygen::run(a),
+        #[cfg(feature = "lab")]
+        Command::Simnode(a) => simnode::run(a),
     };
     match result {
         Ok(code) => code,
