@@ -338,3 +338,80 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn shared() -> Shared {
+        Shared {
+            stop_requested: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            data_version: AtomicU32::new(7),
+            dir: PathBuf::from("/n"),
+        }
+    }
+
+    /// Sends requests the way the project's own client does (one JSON
+    /// object, no delimiter), then closes; returns the answers.
+    fn exchange(requests: &[Value]) -> (Vec<Value>, Shared) {
+        let (client, server) = UnixStream::pair().unwrap();
+        let s = shared();
+        let mut c = client.try_clone().unwrap();
+        for r in requests {
+            c.write_all(r.to_string().as_bytes()).unwrap();
+        }
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        serve_connection(server, &s).unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let answers = text.split("\n\n").filter(|t| !t.is_empty()).map(|t| serde_json::from_str(t).unwrap()).collect();
+        (answers, s)
+    }
+
+    #[test]
+    fn answers_getinfo_and_unknown_methods_without_stopping() {
+        let (a, s) = exchange(&[
+            json!({"jsonrpc": "2.0", "id": 1, "method": "getinfo", "params": {}}),
+            json!({"jsonrpc": "2.0", "id": "x", "method": "pay", "params": {}}),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "listconfigs", "params": {"config": "wallet"}}),
+        ]);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[0]["id"], 1);
+        assert_eq!(a[0]["result"]["db_data_version"], 7);
+        assert!(a[0]["result"]["version"].as_str().unwrap().contains("not Core Lightning"));
+        assert_eq!(a[1]["id"], "x");
+        assert_eq!(a[1]["error"]["code"], -32601);
+        // The plugin's wallet check: no `wallet` setting, so the default database.
+        assert_eq!(a[2]["result"], json!({"configs": {}}));
+        assert!(!s.stop_requested.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn stop_is_answered_then_requested() {
+        let (a, s) = exchange(&[json!({"jsonrpc": "2.0", "id": "cln-replica:stop", "method": "stop", "params": {}})]);
+        assert_eq!(a[0]["result"], "Shutdown complete");
+        assert!(s.stop_requested.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn the_panel_client_stops_it_over_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lightning-rpc");
+        let listener = bind_rpc(&socket, 0o660).unwrap();
+        assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+        // A second node on the same socket is refused while the first listens.
+        assert!(bind_rpc(&socket, 0o600).unwrap_err().to_string().contains("another lightningd"));
+        let s = Arc::new(shared());
+        let server = {
+            let s = s.clone();
+            std::thread::spawn(move || serve_rpc(listener, &s))
+        };
+        let outcome = crate::rpc::stop(&socket, Duration::from_secs(10)).unwrap();
+        assert!(matches!(outcome, crate::rpc::StopOutcome::Stopping(ref a) if a.contains("Shutdown complete")));
+        assert!(s.stop_requested.load(Ordering::Acquire));
+        s.finished.store(true, Ordering::Release);
+        server.join().unwrap();
+    }
+}

@@ -140,3 +140,15 @@ impl InputPin for CdevLine {
         self.is_high().map(|h| !h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_chip_is_named_as_missing() {
+        let l = LineConfig { chip: "/nonexistent/gpiochip9".into(), line: 17, active_low: false, bias: Bias::AsIs };
+        let e = format!("{:#}", output(&l).err().expect("no such chip"));
+        assert!(e.contains("no GPIO chip /nonexistent/gpiochip9: this machine's chips:"), "{e}");
+    }
+}
