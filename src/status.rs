@@ -203,8 +203,29 @@ impl StatusBoard {
     }
 }
 
+/// Serialises the writers of the status file: the publisher thread and the
+/// plugin's final write at exit share one temporary name, and the final
+/// status must be the last one renamed into place (the panel's safe shutdown
+/// waits for it).
+static FILE_LOCK: Mutex<()> = Mutex::new(());
+
 /// Replaces `path` with `status` atomically (written beside it, renamed).
 pub fn write_status_file(path: &Path, status: &PluginStatus) -> anyhow::Result<()> {
+    let _serialised = FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    write_unlocked(path, status)
+}
+
+/// The publisher's write: none once `stop` is set, so that a snapshot it
+/// took before the plugin's final status cannot replace that status.
+fn publish(path: &Path, status: &PluginStatus, stop: &std::sync::atomic::AtomicBool) -> Option<anyhow::Result<()>> {
+    let _serialised = FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if stop.load(std::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
+    Some(write_unlocked(path, status))
+}
+
+fn write_unlocked(path: &Path, status: &PluginStatus) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(status)?;
     text.push('\n');
     crate::files::replace_with_bytes(path, text.as_bytes(), crate::files::Durability::AtomicOnly)
@@ -213,7 +234,6 @@ pub fn write_status_file(path: &Path, status: &PluginStatus) -> anyhow::Result<(
 /// Keeps the status file current until `stop` returns true. Failures to write
 /// it are reported once per kind and never affect the hook.
 pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::Ordering;
     thread::Builder::new()
         .name("status-publisher".into())
         .spawn(move || {
@@ -224,14 +244,14 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
             let mut reported = false;
             loop {
                 let status = board.snapshot();
-                if let Err(e) = write_status_file(&path, &status) {
-                    if !reported {
+                match publish(&path, &status, &stop) {
+                    // Stopped: the plugin writes the final status itself.
+                    None => return,
+                    Some(Err(e)) if !reported => {
                         eprintln!("cln-replica: cannot write the status file {}: {e:#}", path.display());
                         reported = true;
                     }
-                }
-                if stop.load(Ordering::Acquire) {
-                    return;
+                    Some(_) => {}
                 }
                 thread::sleep(MIN_INTERVAL);
                 seen = match board.progress() {
@@ -244,4 +264,28 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
             }
         })
         .expect("spawn the status publisher");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn the_publisher_never_writes_after_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let board = StatusBoard::default();
+        let stop = AtomicBool::new(false);
+        assert!(matches!(publish(&path, &board.snapshot(), &stop), Some(Ok(()))));
+        // The plugin's exit: stop, then its final status.
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        board.set_state(PluginState::Stopped, None);
+        write_status_file(&path, &board.snapshot()).unwrap();
+        // A snapshot the publisher took before the final status is not written.
+        let stale = StatusBoard::default().snapshot();
+        assert!(publish(&path, &stale, &stop).is_none());
+        let on_disk: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(on_disk["state"], "stopped");
+    }
 }

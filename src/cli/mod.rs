@@ -11,6 +11,8 @@ mod keygen;
 mod panel;
 pub mod progress;
 mod restore;
+#[cfg(feature = "lab")]
+mod simnode;
 mod status;
 
 mod verify;
@@ -46,6 +48,8 @@ enum Command {
     #[cfg(feature = "panel")]
     Panel(panel::Args),
     Keygen(keygen::Args),
+    #[cfg(feature = "lab")]
+    Simnode(simnode::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +67,8 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "panel")]
         Command::Panel(a) => panel::run(a),
         Command::Keygen(a) => keygen::run(a),
+        #[cfg(feature = "lab")]
+        Command::Simnode(a) => simnode::run(a),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use embedded_hal::digital::{ErrorKind, ErrorType, InputPin, OutputPin};
 use gpiocdev::line::Value;
 use gpiocdev::Request;
+use std::path::Path;
 
 const CONSUMER: &str = "cln-replica-panel";
 
@@ -29,8 +30,52 @@ pub struct CdevLine {
     offset: u32,
 }
 
+/// The chips this machine has (`/dev/gpiochip*`), for error messages.
+fn chips_present() -> String {
+    let mut chips: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("gpiochip"))
+                .collect()
+        })
+        .unwrap_or_default();
+    chips.sort();
+    if chips.is_empty() {
+        "none".into()
+    } else {
+        chips.join(", ")
+    }
+}
+
+/// Why a request failed, where the chip itself says it: a missing chip, or a
+/// line it does not have.
+fn diagnose(l: &LineConfig, path: &Path) -> Option<String> {
+    if !path.exists() {
+        return Some(format!(
+            "no GPIO chip {}: this machine's chips: {} (set `chip` in panel.toml; `gpiodetect` lists them)",
+            path.display(),
+            chips_present()
+        ));
+    }
+    let info = gpiocdev::chip::Chip::from_path(path).and_then(|c| c.info()).ok()?;
+    (l.line >= info.num_lines).then(|| {
+        format!(
+            "{} ({}, \"{}\") has lines 0..{}, not line {}: is this the header's chip? (`gpioinfo` lists the lines)",
+            path.display(),
+            info.name,
+            info.label,
+            info.num_lines.saturating_sub(1),
+            l.line
+        )
+    })
+}
+
 fn request(l: &LineConfig, output: bool) -> Result<CdevLine> {
     let path = l.chip_path();
+    if let Some(problem) = diagnose(l, &path) {
+        anyhow::bail!("cannot request line {} of {}: {problem}", l.line, path.display());
+    }
     let mut b = Request::builder();
     b.on_chip(&path).with_consumer(CONSUMER).with_line(l.line);
     if output {
@@ -93,5 +138,17 @@ impl InputPin for CdevLine {
     }
     fn is_low(&mut self) -> Result<bool, GpioError> {
         self.is_high().map(|h| !h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_chip_is_named_as_missing() {
+        let l = LineConfig { chip: "/nonexistent/gpiochip9".into(), line: 17, active_low: false, bias: Bias::AsIs };
+        let e = format!("{:#}", output(&l).err().expect("no such chip"));
+        assert!(e.contains("no GPIO chip /nonexistent/gpiochip9: this machine's chips:"), "{e}");
     }
 }
