@@ -86,6 +86,11 @@ pub struct Config {
     /// flag to read it (docs/FORMAT.md).
     #[serde(default)]
     pub compression: Compression,
+    /// A change larger than this many bytes is stored as chunk records of
+    /// about this size, which count only as a whole (docs/FORMAT.md): a
+    /// reader then holds a bounded part of a change of any size.
+    #[serde(default = "default_change_chunk_bytes")]
+    pub change_chunk_bytes: u32,
     /// Remote destinations (docs/REMOTE.md): the key everything is encrypted
     /// with, from a key file (relative to this file's directory)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +149,9 @@ fn default_block_bytes() -> u32 {
 fn default_segment_bytes() -> u64 {
     JournalOptions::default().segment_bytes
 }
+fn default_change_chunk_bytes() -> u32 {
+    crate::journal::format::CHANGE_CHUNK_BYTES_DEFAULT
+}
 fn default_shutdown_quiet_ms() -> u64 {
     500
 }
@@ -186,6 +194,7 @@ impl Config {
             on_device_lost: DeviceLostPolicy::Halt,
             filter: Filter::None,
             compression: Compression::default(),
+            change_chunk_bytes: default_change_chunk_bytes(),
             keep_generations: default_keep_generations(),
             compact_journal_bytes: default_compact_journal_bytes(),
             compact_after_secs: 0,
@@ -270,6 +279,7 @@ impl Config {
             segment_bytes: self.segment_bytes,
             filter: self.filter,
             compression: self.compression,
+            chunk_bytes: self.change_chunk_bytes,
         }
     }
 

@@ -24,8 +24,8 @@
 
 use crate::files::{self, Durability, Staged};
 use crate::journal::format::BaseKind;
-use crate::journal::reader::{Generation, Record};
-use crate::journal::{layout, Bound, Cursor, Progress, Resolved};
+use crate::journal::reader::Generation;
+use crate::journal::{layout, Bound, Change, Cursor, Progress, Resolved};
 use crate::replay::{self, ReplayDb};
 use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
@@ -172,8 +172,8 @@ impl Follower {
         Ok(())
     }
 
-    fn apply(&mut self, kind: CallKind, r: &Record) -> Result<()> {
-        let v = r.header.data_version;
+    fn apply(&mut self, kind: CallKind, r: &Change) -> Result<()> {
+        let v = r.data_version();
         let needed = match kind {
             CallKind::Txn => after(v, self.version),
             // PRAGMA-only records are connection settings: re-running one
@@ -195,18 +195,18 @@ impl Follower {
     /// unconfirmed at a clean stop turns out never to have been committed.
     fn follow(&mut self, g: &Generation, cursor: &mut Cursor, limit: Option<u64>) -> Result<()> {
         let bound = limit.map_or(Bound::End, |seq| Bound::Durable { seq });
-        let id = |r: &Record| (r.header.data_version, r.header.time_unix_ms);
+        let id = |c: &Change| (c.data_version(), c.time_unix_ms());
         for item in cursor.read(g, bound)? {
             match item? {
-                Resolved::Applied { kind, record } => {
-                    if self.sidecar.unconfirmed == Some(id(&record)) {
+                Resolved::Applied { kind, change } => {
+                    if self.sidecar.unconfirmed == Some(id(&change)) {
                         // lightningd did commit it: the mirror was right.
                         self.sidecar.unconfirmed = None;
                         write_sidecar(&self.path, &self.sidecar)?;
                     }
-                    self.apply(kind, &record)?;
+                    self.apply(kind, &change)?;
                 }
-                Resolved::Cancelled(record) if self.sidecar.unconfirmed == Some(id(&record)) => {
+                Resolved::Cancelled(change) if self.sidecar.unconfirmed == Some(id(&change)) => {
                     self.diverged = true;
                     return Ok(());
                 }
@@ -247,9 +247,9 @@ impl Follower {
         }
         if include_pending {
             if let Some(r) = self.cursor.as_ref().and_then(Cursor::pending).cloned() {
-                if after(r.header.data_version, self.version) {
+                if after(r.data_version(), self.version) {
                     self.apply(CallKind::Txn, &r)?;
-                    self.sidecar.unconfirmed = Some((r.header.data_version, r.header.time_unix_ms));
+                    self.sidecar.unconfirmed = Some((r.data_version(), r.time_unix_ms()));
                     write_sidecar(&self.path, &self.sidecar)?;
                 }
             }

@@ -10,7 +10,7 @@
 use crate::journal::format::RecordHeader;
 use crate::journal::format::RECORD_PAYLOAD_BYTES_MAX;
 use crate::journal::reader::{Generation, Record, RecordLoc};
-use crate::journal::{Bound, Cursor, Resolved};
+use crate::journal::{Bound, Change, Cursor, Resolved};
 use crate::state::CallKind;
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -168,35 +168,57 @@ pub fn open_for_replay(path: &Path) -> Result<ReplayDb> {
     ReplayDb::open(path)
 }
 
-/// Applies one resolved record. A failing statement is named by its
-/// data_version, its position in the record and the record's location; so
-/// is a statement lightningd never sends, which is refused before it runs.
-pub fn apply(db: &ReplayDb, rec: &Record, kind: CallKind) -> Result<()> {
-    let statements = rec.statements()?;
-    let fail = |i: usize, e: StatementError| {
-        let s = statements[i];
-        let shown: String = s.chars().take(160).collect();
-        let why = match e {
-            StatementError::Denied(what) => format!(
-                "refused: it asks for {what}, which lightningd never sends (the journal is forged or damaged; \
-                 nothing was run)"
-            ),
-            StatementError::Sqlite(e) => e.to_string(),
-        };
-        anyhow!(
-            "replaying data_version {} failed at statement {} of {} (record {} at {}): {why}\n  statement: {shown}{}",
-            rec.header.data_version,
-            i + 1,
-            statements.len(),
-            rec.header.seq,
-            rec.loc,
-            if shown.len() < s.len() { "..." } else { "" }
-        )
+/// Applies one resolved change: all its records' statements, in one
+/// transaction for a transaction (a chunked change loaded one chunk at a
+/// time). A failing statement is named by its data_version, its position in
+/// its record and the record's location; so is a statement lightningd never
+/// sends, which is refused before it runs.
+pub fn apply(db: &ReplayDb, change: &Change, kind: CallKind) -> Result<()> {
+    let txn = kind == CallKind::Txn;
+    if txn {
+        db.conn.execute_batch("BEGIN").context("cannot begin a transaction")?;
+    }
+    let result = change.for_each_chunk(|rec, statements| {
+        for (i, s) in statements.iter().enumerate() {
+            if let Err(e) = db.run_record_statement(s) {
+                return Err(statement_failed(rec, statements, i, e));
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        if txn {
+            let _ = db.conn.execute_batch("ROLLBACK");
+        }
+        return Err(e);
+    }
+    if txn {
+        db.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| anyhow!("commit of data_version {} failed: {e}", change.data_version()))?;
+    }
+    Ok(())
+}
+
+fn statement_failed(rec: &Record, statements: &[&str], i: usize, e: StatementError) -> anyhow::Error {
+    let s = statements[i];
+    let shown: String = s.chars().take(160).collect();
+    let why = match e {
+        StatementError::Denied(what) => format!(
+            "refused: it asks for {what}, which lightningd never sends (the journal is forged or damaged; \
+             nothing was run)"
+        ),
+        StatementError::Sqlite(e) => e.to_string(),
     };
-    run_statements(db, &statements, kind == CallKind::Txn).map_err(|(i, e)| match e {
-        RunError::Statement(e) => fail(i, e),
-        RunError::Commit(e) => anyhow!("commit of data_version {} failed: {e}", rec.header.data_version),
-    })
+    anyhow!(
+        "replaying data_version {} failed at statement {} of {} (record {} at {}): {why}\n  statement: {shown}{}",
+        rec.header.data_version,
+        i + 1,
+        statements.len(),
+        rec.header.seq,
+        rec.loc,
+        if shown.len() < s.len() { "..." } else { "" }
+    )
 }
 
 enum RunError {
@@ -320,11 +342,11 @@ pub fn replay_generation(
     let mut cursor = Cursor::start(generation);
     let mut records = cursor.read(generation, Bound::End)?.stop_after(|h| !within(h));
     for item in records.by_ref() {
-        let Resolved::Applied { kind, record } = item? else { continue };
-        if within(&record.header) {
-            apply(conn, &record, kind)?;
-            note(&mut out, &record);
-            on_record(&record);
+        let Resolved::Applied { kind, change } = item? else { continue };
+        if within(&change.first().header) {
+            apply(conn, &change, kind)?;
+            note(&mut out, &change);
+            on_record(change.first());
         }
     }
     out.stopped_early = records.stopped_early();
@@ -333,19 +355,19 @@ pub fn replay_generation(
     if out.stopped_early {
         return Ok(out);
     }
-    if let Some(r) = cursor.finish() {
-        apply(conn, &r, CallKind::Txn)?;
-        note(&mut out, &r);
-        on_record(&r);
+    if let Some(c) = cursor.finish() {
+        apply(conn, &c, CallKind::Txn)?;
+        note(&mut out, &c);
+        on_record(c.first());
         out.last_unconfirmed = true;
     }
     Ok(out)
 }
 
-fn note(out: &mut ReplayOutcome, r: &Record) {
+fn note(out: &mut ReplayOutcome, c: &Change) {
     out.applied += 1;
-    out.data_version = r.header.data_version;
-    out.last_time_unix_ms = r.header.time_unix_ms;
+    out.data_version = c.data_version();
+    out.last_time_unix_ms = c.time_unix_ms();
     out.last_unconfirmed = false;
 }
 

@@ -9,7 +9,7 @@
 
 use crate::files::file_crc32c;
 use crate::journal::reader::{Generation, JournalError, Record};
-use crate::journal::{Bound, Cursor, Resolved};
+use crate::journal::{Bound, Change, Cursor, Resolved};
 use crate::replay;
 use crate::state::Tip;
 use anyhow::Result;
@@ -88,9 +88,7 @@ fn check_generation(g: &Generation, problems: &mut Vec<Problem>) -> GenerationCh
     };
     for item in records.by_ref() {
         match item {
-            Ok(Resolved::Applied { record, .. } | Resolved::Cancelled(record)) => {
-                check_statements(g, &record, problems)
-            }
+            Ok(Resolved::Applied { change, .. } | Resolved::Cancelled(change)) => check_change(g, &change, problems),
             Err(e) => problems.push(journal_problem(g, e)),
         }
     }
@@ -102,9 +100,19 @@ fn check_generation(g: &Generation, problems: &mut Vec<Problem>) -> GenerationCh
     }
     check.torn_tail = torn.map(|loc| loc.to_string());
     if let Some(pending) = cursor.finish() {
-        check_statements(g, &pending, problems);
+        check_change(g, &pending, problems);
     }
     check
+}
+
+/// Every record of a change reads back and decodes ([`check_statements`]).
+fn check_change(g: &Generation, change: &Change, problems: &mut Vec<Problem>) {
+    for r in change.records() {
+        match r.loaded() {
+            Ok(r) => check_statements(g, &r, problems),
+            Err(e) => problems.push(journal_problem(g, e)),
+        }
+    }
 }
 
 /// A change's statements decode, and a filtered generation's records hold

@@ -8,7 +8,7 @@ use crate::files::file_crc32c;
 use crate::journal::format::{BaseKind, RecordKind, SegmentHeader};
 use crate::journal::reader::{Generation, Record, RecordLoc};
 use crate::journal::writer::PreparedGeneration;
-use crate::journal::{layout, segment, Bound, Cursor, JournalOptions, Resolved};
+use crate::journal::{layout, segment, Bound, Change, Cursor, JournalOptions, Resolved};
 use crate::replay::{self, ReplayDb};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ pub struct Handoff {
     pub next: RecordLoc,
     pub next_seq: u64,
     /// The pending transaction at `next`'s left (carried first).
-    pub pending: Option<Record>,
+    pub pending: Option<Change>,
 }
 
 impl Builder {
@@ -114,11 +114,11 @@ impl Builder {
         let bound = limit.map_or(Bound::End, |seq| Bound::Durable { seq });
         let mut records = self.cursor.read(&g, bound)?;
         for item in records.by_ref() {
-            let Resolved::Applied { kind, record } = item? else { continue };
-            replay::apply(&self.conn, &record, kind)?;
+            let Resolved::Applied { kind, change } = item? else { continue };
+            replay::apply(&self.conn, &change, kind)?;
             self.applied += 1;
             if let Some(f) = self.on_record.as_mut() {
-                f(record.header.seq, record.loc);
+                f(change.first().header.seq, change.loc());
             }
         }
         drop(records);
@@ -141,7 +141,7 @@ impl Builder {
         let snap = self.dir.join(layout::SNAPSHOT_FILE);
         let seg = layout::segment_path(&self.dir, 1);
         // A pending record larger than half the segment gets a larger segment.
-        let pending_bytes = self.cursor.pending().map_or(0, |r| r.header.disk_bytes(self.block_bytes));
+        let pending_bytes = self.cursor.pending().map_or(0, |c| c.disk_bytes(self.block_bytes));
         if pending_bytes > self.segment_bytes / 2 {
             self.segment_bytes = (self.segment_bytes + pending_bytes + self.block_bytes as u64)
                 .next_multiple_of(self.block_bytes as u64);
@@ -186,7 +186,11 @@ impl Builder {
 /// every change record after the hand-over point, up to sequence number
 /// `limit` (the writer's last, when it is running).
 pub fn carried_records(journal: &Path, h: &Handoff, limit: Option<u64>) -> Result<Vec<Record>> {
-    let mut out: Vec<Record> = h.pending.iter().cloned().collect();
+    // The pending change's records, with their payloads (carried as stored).
+    let mut out: Vec<Record> = vec![];
+    for r in h.pending.iter().flat_map(|c| c.records()) {
+        out.push(r.loaded()?.into_owned());
+    }
     let g = Generation::open(journal, h.old_generation)?;
     let mut scanner = g.records_after(h.next, h.next_seq)?.until_seq(limit);
     for rec in scanner.by_ref() {

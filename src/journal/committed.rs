@@ -15,14 +15,75 @@ use super::reader::{Generation, JournalError, Record, RecordLoc, RecordScanner};
 use crate::state::{CallKind, Resolution, Resolver, Tip};
 use std::collections::VecDeque;
 
-/// What a reader learns about a record, in journal order.
+/// One `db_write` call as the journal holds it: one record, or the chunk
+/// records of a large change (all but the last flagged `FLAG_MORE`), which
+/// count only as a whole.
+#[derive(Debug, Clone)]
+pub struct Change {
+    records: Vec<Record>,
+}
+
+impl Change {
+    fn single(record: Record) -> Change {
+        Change { records: vec![record] }
+    }
+
+    /// The first record: its data_version, kind and location are the change's.
+    pub fn first(&self) -> &Record {
+        &self.records[0]
+    }
+
+    pub fn data_version(&self) -> u32 {
+        self.first().header.data_version
+    }
+
+    /// When the change was written (its last chunk's time).
+    pub fn time_unix_ms(&self) -> u64 {
+        self.records.last().expect("a change has a record").header.time_unix_ms
+    }
+
+    pub fn loc(&self) -> RecordLoc {
+        self.first().loc
+    }
+
+    pub fn call_kind(&self) -> CallKind {
+        self.first().call_kind()
+    }
+
+    /// Its records, in order (payloads possibly let go: see [`Record::loaded`]).
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Bytes the change occupies on the device.
+    pub fn disk_bytes(&self, block_bytes: u32) -> u64 {
+        self.records.iter().map(|r| r.header.disk_bytes(block_bytes)).sum()
+    }
+
+    /// Calls `f` with each record's statements in order, one record loaded
+    /// at a time.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&Record, &[&str]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        for r in &self.records {
+            let r = r.loaded()?;
+            let statements = r.statements()?;
+            f(&r, &statements)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a reader learns about a change, in journal order.
 #[derive(Debug)]
 pub enum Resolved {
     /// lightningd committed it (a transaction) or ran it (in place): apply it.
-    Applied { kind: CallKind, record: Record },
+    Applied { kind: CallKind, change: Change },
     /// A transaction lightningd never committed (superseded or aborted).
-    Cancelled(Record),
+    Cancelled(Change),
 }
+
+/// A reader holds at most this many payload bytes of one chunked change; the
+/// rest of its chunks are read again when they are applied.
+const CHANGE_HELD_BYTES_MAX: u64 = 16 << 20;
 
 /// How far a read may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +110,9 @@ pub struct Cursor {
     generation: u64,
     next: RecordLoc,
     next_seq: u64,
-    resolver: Resolver<Record>,
+    resolver: Resolver<Change>,
+    /// The chunks read so far of a change whose last chunk is not read yet.
+    partial: Option<Change>,
     last: Option<RecordHeader>,
     records_read: u64,
     changes_read: u64,
@@ -63,6 +126,7 @@ impl Cursor {
             next: RecordLoc { generation: g.number, segment: 1, offset: g.block_bytes() as u64 },
             next_seq: 1,
             resolver: Resolver::new(g.header.base_version),
+            partial: None,
             last: None,
             records_read: 0,
             changes_read: 0,
@@ -80,8 +144,8 @@ impl Cursor {
 
     /// The last transaction read, acknowledged to lightningd and not yet
     /// known committed.
-    pub fn pending(&self) -> Option<&Record> {
-        self.resolver.pending().map(|(_, r)| r)
+    pub fn pending(&self) -> Option<&Change> {
+        self.resolver.pending().map(|(_, c)| c)
     }
 
     /// The data_version every record resolved so far leads to (the tip, or
@@ -105,7 +169,7 @@ impl Cursor {
         self.last.as_ref()
     }
 
-    /// Records read so far, seals included; and change records only.
+    /// Records read so far, seals and chunks included; and changes only.
     pub fn records_read(&self) -> u64 {
         self.records_read
     }
@@ -121,6 +185,7 @@ impl Cursor {
         Ok(Committed {
             cursor: self,
             scanner,
+            generation: g,
             queue: VecDeque::with_capacity(2),
             stop: None,
             stopped: false,
@@ -129,8 +194,15 @@ impl Cursor {
     }
 
     /// The pending transaction, which nothing after it confirms or cancels.
-    pub fn finish(self) -> Option<Record> {
-        self.resolver.finish().map(|(_, r)| r)
+    /// A change whose last chunk was never written is no part of it: it was
+    /// never acknowledged.
+    pub fn finish(self) -> Option<Change> {
+        self.resolver.finish().map(|(_, c)| c)
+    }
+
+    /// Where an incomplete chunked change starts, if the read ended inside one.
+    pub fn incomplete_change(&self) -> Option<RecordLoc> {
+        self.partial.as_ref().map(Change::loc)
     }
 }
 
@@ -143,6 +215,7 @@ type StopAfter<'a> = Box<dyn Fn(&RecordHeader) -> bool + 'a>;
 pub struct Committed<'a> {
     cursor: &'a mut Cursor,
     scanner: RecordScanner<'a>,
+    generation: &'a Generation,
     /// At most two: a record releases the pending one before it and, if it
     /// is an in-place call, itself.
     queue: VecDeque<Resolved>,
@@ -166,9 +239,11 @@ impl<'a> Committed<'a> {
         self.stopped
     }
 
-    /// A torn, never-acknowledged record found (and ignored) at the end.
+    /// A torn, never-acknowledged record found (and ignored) at the end; or
+    /// the start of a chunked change whose last chunk is not there (a read
+    /// to the end: nobody is writing it any more).
     pub fn torn_tail(&self) -> Option<RecordLoc> {
-        self.scanner.tail().and_then(|t| t.torn)
+        self.scanner.tail().and_then(|t| t.torn).or(self.cursor.incomplete_change())
     }
 
     fn read_one(&mut self) -> Result<bool, JournalError> {
@@ -182,6 +257,22 @@ impl<'a> Committed<'a> {
         if self.stop.as_ref().is_some_and(|past| past(&rec.header)) {
             self.stopped = true;
         }
+        if let Some(partial) = &c.partial {
+            let first = &partial.first().header;
+            if rec.header.kind != RecordKind::Change
+                || rec.header.data_version != first.data_version
+                || rec.header.is_txn() != first.is_txn()
+            {
+                return Err(JournalError::Corrupt {
+                    loc: rec.loc,
+                    detail: format!(
+                        "the chunked change for data_version {} at {} has no last chunk, yet a record follows it",
+                        first.data_version,
+                        partial.loc()
+                    ),
+                });
+            }
+        }
         if rec.header.kind == RecordKind::Seal {
             // Pair check: the seal repeats the tip the records led to.
             let sealed = Tip::At { version: rec.header.data_version, pending_txn: rec.header.is_txn() };
@@ -190,13 +281,26 @@ impl<'a> Committed<'a> {
             }
             return Ok(true);
         }
+        let more = rec.header.continues();
+        let mut change = match c.partial.take() {
+            None => Change::single(rec),
+            Some(mut partial) => {
+                partial.records.push(rec);
+                partial
+            }
+        };
+        if more {
+            hold_within_bound(&mut change, self.generation);
+            c.partial = Some(change);
+            return Ok(true);
+        }
         c.changes_read += 1;
-        let (loc, kind) = (rec.loc, rec.call_kind());
+        let (loc, kind) = (change.loc(), change.call_kind());
         let queue = &mut self.queue;
         c.resolver
-            .push(rec.header.data_version, kind, rec, |res| {
+            .push(change.data_version(), kind, change, |res| {
                 queue.push_back(match res {
-                    Resolution::Committed { kind, item, .. } => Resolved::Applied { kind, record: item },
+                    Resolution::Committed { kind, item, .. } => Resolved::Applied { kind, change: item },
                     Resolution::Cancelled { item, .. } => Resolved::Cancelled(item),
                 })
             })
@@ -225,6 +329,19 @@ impl Iterator for Committed<'_> {
                     return Some(Err(e));
                 }
             }
+        }
+    }
+}
+
+/// Lets go of the payloads of a chunked change's records beyond
+/// [`CHANGE_HELD_BYTES_MAX`] (they are read again when applied).
+fn hold_within_bound(change: &mut Change, g: &Generation) {
+    let mut held = 0u64;
+    for r in &mut change.records {
+        held += r.payload.len() as u64;
+        if held > CHANGE_HELD_BYTES_MAX && !r.payload.is_empty() {
+            let segment = g.segments[r.loc.segment as usize - 1].path.clone();
+            r.unload(segment);
         }
     }
 }

@@ -49,8 +49,22 @@ pub const FLAG_TXN: u8 = 0b0000_0001;
 /// to version 1: a reader that predates it refuses the record
 /// ([`FormatError::UnknownFlags`]) rather than misreading it.
 pub const FLAG_ZSTD: u8 = 0b0000_0010;
+/// Record flag: the change continues in the next record. A `db_write` call
+/// larger than a chunk ([`CHANGE_CHUNK_BYTES_DEFAULT`]) is stored as chunk
+/// records of whole statements, consecutive, with the same data_version
+/// and FLAG_TXN: every one but the last carries FLAG_MORE. They count only
+/// as a whole: lightningd hears `continue` after the last one is flushed,
+/// so a change whose last chunk is missing was never acknowledged. An
+/// addition to version 1, refused by older readers as an unknown flag.
+pub const FLAG_MORE: u8 = 0b0000_0100;
 /// Mask of every flag this version understands.
-pub const FLAGS_KNOWN: u8 = FLAG_TXN | FLAG_ZSTD;
+pub const FLAGS_KNOWN: u8 = FLAG_TXN | FLAG_ZSTD | FLAG_MORE;
+
+/// A change's statements are cut into chunks of about this many payload
+/// bytes (a statement is never cut: one larger than a chunk is a chunk of
+/// its own, up to [`RECORD_PAYLOAD_BYTES_MAX`]). Small enough that a reader
+/// holds little of a change of any size at a time.
+pub const CHANGE_CHUNK_BYTES_DEFAULT: u32 = 8 << 20;
 /// The first four bytes of a zstd frame (RFC 8878), little-endian.
 const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
@@ -301,6 +315,11 @@ impl RecordHeader {
         self.flags & FLAG_TXN != 0
     }
 
+    /// The change continues in the next record ([`FLAG_MORE`]).
+    pub fn continues(&self) -> bool {
+        self.flags & FLAG_MORE != 0
+    }
+
     /// The stored payload is zstd-compressed ([`FLAG_ZSTD`]).
     pub fn is_compressed(&self) -> bool {
         self.flags & FLAG_ZSTD != 0
@@ -340,8 +359,8 @@ pub fn check_record(bytes: &[u8]) -> Result<RecordHeader, FormatError> {
     if h.kind == RecordKind::Seal && h.payload_bytes != 0 {
         return Err(FormatError::Field("seal record with a payload"));
     }
-    if h.kind == RecordKind::Seal && h.is_compressed() {
-        return Err(FormatError::Field("seal record flagged as compressed"));
+    if h.kind == RecordKind::Seal && (h.is_compressed() || h.continues()) {
+        return Err(FormatError::Field("seal record flagged as compressed or continued"));
     }
     Ok(h)
 }
@@ -665,14 +684,14 @@ mod tests {
         let seal = RecordHeader { kind: RecordKind::Seal, flags: FLAG_TXN | FLAG_ZSTD, ..header(0) };
         let mut buf = AlignedBuf::with_capacity(0);
         encode_record_stored(&mut buf, 512, &seal, &[]);
-        assert_eq!(check_record(&buf), Err(FormatError::Field("seal record flagged as compressed")));
+        assert_eq!(check_record(&buf), Err(FormatError::Field("seal record flagged as compressed or continued")));
         // What a reader from before FLAG_ZSTD said about it, and what this one
         // says about the next flag.
-        let next = RecordHeader { flags: 0b100, ..header(0) };
+        let next = RecordHeader { flags: 0b1000, ..header(0) };
         let mut buf = AlignedBuf::with_capacity(0);
         encode_record_stored(&mut buf, 512, &next, &[]);
         let err = check_record(&buf).unwrap_err();
-        assert_eq!(err, FormatError::UnknownFlags(0b100));
+        assert_eq!(err, FormatError::UnknownFlags(0b1000));
         assert!(err.to_string().contains("newer cln-replica"), "{err}");
     }
 

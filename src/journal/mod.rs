@@ -24,7 +24,7 @@ pub mod retention;
 pub mod segment;
 pub mod writer;
 
-pub use committed::{Bound, Committed, Cursor, Resolved};
+pub use committed::{Bound, Change, Committed, Cursor, Resolved};
 pub use error::{DeviceFault, Poison, WriteError};
 pub use reader::{Generation, JournalError, Record, RecordLoc};
 pub use writer::{Journal, SnapshotMade};
@@ -54,6 +54,9 @@ pub struct JournalOptions {
     /// Whether records may be stored compressed (decided per record; the
     /// journal reads both kinds whatever this says).
     pub compression: Compression,
+    /// A change larger than this is stored as chunk records of about this
+    /// size (docs/FORMAT.md, `FLAG_MORE`).
+    pub chunk_bytes: u32,
 }
 
 impl Default for JournalOptions {
@@ -64,6 +67,7 @@ impl Default for JournalOptions {
             segment_bytes: 16 << 20,
             filter: Filter::None,
             compression: Compression::default(),
+            chunk_bytes: format::CHANGE_CHUNK_BYTES_DEFAULT,
         }
     }
 }
@@ -86,6 +90,13 @@ impl JournalOptions {
     pub fn validate(&self) -> Result<()> {
         if !self.block_bytes.is_power_of_two() || !(512..=1 << 20).contains(&self.block_bytes) {
             bail!("block_bytes must be a power of two between 512 and 1048576, not {}", self.block_bytes);
+        }
+        if !(4096..=format::RECORD_PAYLOAD_BYTES_MAX).contains(&self.chunk_bytes) {
+            bail!(
+                "change_chunk_bytes must be between 4096 and {}, not {}",
+                format::RECORD_PAYLOAD_BYTES_MAX,
+                self.chunk_bytes
+            );
         }
         if self.segment_bytes < 64 << 10 || self.segment_bytes > 1 << 32 {
             bail!("segment_bytes must be between 65536 and 4294967296, not {}", self.segment_bytes);

@@ -220,6 +220,9 @@ pub struct Record {
     /// The decompressed change payload of a compressed record, made on first
     /// use: scanning (finding the tip, following the writer) never needs it.
     plain: OnceLock<Vec<u8>>,
+    /// Set when the payload was let go to bound memory ([`Record::unload`]):
+    /// the segment it is read back from.
+    source: Option<PathBuf>,
 }
 
 impl Record {
@@ -229,7 +232,35 @@ impl Record {
     }
 
     pub fn new(header: RecordHeader, loc: RecordLoc, payload: Vec<u8>) -> Record {
-        Record { header, loc, payload, plain: OnceLock::new() }
+        Record { header, loc, payload, plain: OnceLock::new(), source: None }
+    }
+
+    /// Lets go of the payload, keeping where it is: a reader holding a large
+    /// chunked change holds its records' places, not their bytes.
+    pub fn unload(&mut self, segment: PathBuf) {
+        self.payload = Vec::new();
+        self.plain = OnceLock::new();
+        self.source = Some(segment);
+    }
+
+    /// This record with its payload: itself, or read back from its segment
+    /// (checksum verified, and its header must be the one read before).
+    pub fn loaded(&self) -> Result<std::borrow::Cow<'_, Record>, JournalError> {
+        let Some(path) = &self.source else { return Ok(std::borrow::Cow::Borrowed(self)) };
+        let f = open_segment(path)?;
+        let mut buf = vec![0u8; RECORD_HEADER_BYTES + self.header.payload_bytes as usize];
+        f.read_exact_at(&mut buf, self.loc.offset).map_err(io_err(path))?;
+        match format::check_record(&buf) {
+            Ok(h) if h == self.header => {}
+            _ => {
+                return Err(JournalError::Corrupt {
+                    loc: self.loc,
+                    detail: "the record changed on the device since it was read".into(),
+                })
+            }
+        }
+        let payload = buf.split_off(RECORD_HEADER_BYTES);
+        Ok(std::borrow::Cow::Owned(Record::new(self.header, self.loc, payload)))
     }
 
     fn corrupt(&self, e: FormatError) -> JournalError {

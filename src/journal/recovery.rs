@@ -86,6 +86,18 @@ pub(super) fn resume(device: &dyn Device, dir: &Path, number: u64, direct: bool)
         if let Some(torn) = tail.torn {
             eprintln!("cln-replica: ignoring a torn, unacknowledged record at {torn}");
         }
+        if tail.last.is_some_and(|h| h.continues()) {
+            // A chunked change whose last chunk never came (the process
+            // stopped between its writes): never acknowledged. Erased, so
+            // that the journal never holds an incomplete change but at its
+            // very end, and lightningd's resent change goes in its place.
+            let start = incomplete_change_start(&generation)?;
+            eprintln!(
+                "cln-replica: the change at {start} has no last chunk; it was never acknowledged and is discarded"
+            );
+            erase_from(device, &generation, start, tail.next, direct)?;
+            continue;
+        }
         if let Some(last) = tail.last {
             let seg = &generation.segments[tail.next.segment as usize - 1];
             let len = last.disk_bytes(generation.block_bytes());
@@ -140,6 +152,43 @@ fn finish(
         prepared_next,
         generation,
     })
+}
+
+/// Where the trailing incomplete chunked change of `g` starts.
+fn incomplete_change_start(g: &Generation) -> Result<RecordLoc, WriteError> {
+    let mut start = None;
+    let mut more_before = false;
+    for r in g.records() {
+        let r = r?;
+        if !more_before {
+            start = Some(r.loc);
+        }
+        more_before = r.header.continues();
+    }
+    Ok(start.expect("the generation ends with a chunk"))
+}
+
+/// Zeros the records from `start` to `end` (record boundaries of `g`),
+/// across segments, each segment flushed.
+fn erase_from(
+    device: &dyn Device,
+    g: &Generation,
+    start: RecordLoc,
+    end: RecordLoc,
+    direct: bool,
+) -> Result<(), WriteError> {
+    let block = g.block_bytes() as u64;
+    for seg in g.segments.iter().filter(|s| s.index >= start.segment && s.index <= end.segment) {
+        let from = if seg.index == start.segment { start.offset } else { block };
+        let to = if seg.index == end.segment { end.offset } else { seg.file_bytes };
+        let mut at = from;
+        while at < to {
+            let len = (to - at).min(1 << 20);
+            erase(device, &seg.path, at, len, direct)?;
+            at += len;
+        }
+    }
+    Ok(())
 }
 
 /// Zeros `len` bytes at `at` of a segment, flushed.

@@ -441,3 +441,83 @@ fn a_filesystem_that_refuses_o_direct_is_named_with_the_way_out() {
     let err = format!("{:#}", j.start_generation(&mut empty_snapshot).unwrap_err());
     assert!(err.contains("refuses O_DIRECT") && err.contains("direct_io = false"), "{err}");
 }
+
+/// A change of `n` statements of `pad` bytes each, closing with the increment.
+fn big_change(v: u32, n: usize, pad: usize) -> Vec<String> {
+    let mut s: Vec<String> = (0..n).map(|i| format!("INSERT INTO t VALUES ({i}, '{}');", "y".repeat(pad))).collect();
+    s.push(format!("{}{}", crate::state::INCREMENT_PREFIX, v - 1));
+    s
+}
+
+/// The changes the journal's one path yields, as (data_version, records, statements).
+fn committed_changes(dir: &Path) -> (Vec<(u32, usize, usize)>, Option<(u32, usize)>) {
+    let gens = super::reader::generations(dir).unwrap();
+    let g = gens.last().unwrap();
+    let mut cursor = super::Cursor::start(g);
+    let mut out = vec![];
+    for item in cursor.read(g, super::Bound::End).unwrap() {
+        if let super::Resolved::Applied { change, .. } = item.unwrap() {
+            let mut n = 0;
+            change.for_each_chunk(|_, s| Ok(n += s.len())).unwrap();
+            out.push((change.data_version(), change.records().len(), n));
+        }
+    }
+    let pending = cursor.finish().map(|c| (c.data_version(), c.records().len()));
+    (out, pending)
+}
+
+#[test]
+fn a_large_change_is_stored_as_chunks_that_count_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = JournalOptions { chunk_bytes: 16 << 10, compression: Compression::Off, ..opts(64 << 10) };
+    let mut j = Journal::open(dir.path(), Arc::new(RealDevice), o.clone()).unwrap();
+    j.start_generation(&mut empty_snapshot).unwrap();
+    j.append(1, CallKind::Txn, &stmt(1, 10)).unwrap();
+    // 400 statements of ~1 KiB: about 26 chunks, across several 64 KiB segments.
+    let a = j.append(2, CallKind::Txn, &big_change(2, 400, 1000)).unwrap();
+    j.append(3, CallKind::Txn, &stmt(3, 10)).unwrap();
+    assert!(a.seq > 20, "stored as chunks: last chunk is record {}", a.seq);
+    drop(j);
+    let (changes, pending) = committed_changes(dir.path());
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0], (1, 1, 2));
+    assert_eq!((changes[1].0, changes[1].2), (2, 401), "one change, every statement, in order");
+    assert!(changes[1].1 > 20);
+    assert_eq!(pending, Some((3, 1)));
+    // Reopened, the writer continues after the last chunk.
+    let mut j = Journal::open(dir.path(), Arc::new(RealDevice), o).unwrap();
+    assert_eq!(j.tip(), Tip::At { version: 3, pending_txn: true });
+    j.append(4, CallKind::Txn, &stmt(4, 10)).unwrap();
+}
+
+/// A chunked change whose last chunk never reached the device was never
+/// acknowledged: readers leave it out, and the writer erases it at open so
+/// that lightningd's resent change goes in its place.
+#[test]
+fn a_chunked_change_without_its_last_chunk_was_never_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = JournalOptions { chunk_bytes: 16 << 10, compression: Compression::Off, ..opts(64 << 10) };
+    let mut j = Journal::open(dir.path(), Arc::new(RealDevice), o.clone()).unwrap();
+    j.start_generation(&mut empty_snapshot).unwrap();
+    j.append(1, CallKind::Txn, &stmt(1, 10)).unwrap();
+    j.append(2, CallKind::Txn, &big_change(2, 100, 1000)).unwrap();
+    drop(j);
+    // Zero the last chunk, as if the process had died before writing it.
+    let g = Generation::open(dir.path(), 1).unwrap();
+    let last = g.records().map(Result::unwrap).last().unwrap();
+    assert!(!last.header.continues());
+    let seg = &g.segments[last.loc.segment as usize - 1].path;
+    let f = fs::OpenOptions::new().write(true).open(seg).unwrap();
+    f.write_all_at(&vec![0u8; last.header.disk_bytes(4096) as usize], last.loc.offset).unwrap();
+    drop(f);
+    let (changes, pending) = committed_changes(dir.path());
+    assert_eq!(changes.len(), 0);
+    assert_eq!(pending, Some((1, 1)), "the incomplete change is no part of the journal");
+    let mut j = Journal::open(dir.path(), Arc::new(RealDevice), o).unwrap();
+    assert_eq!(j.tip(), Tip::At { version: 1, pending_txn: true }, "resumes before the incomplete change");
+    j.append(2, CallKind::Txn, &stmt(2, 10)).unwrap();
+    drop(j);
+    let (changes, pending) = committed_changes(dir.path());
+    assert_eq!(changes, vec![(1, 1, 2)]);
+    assert_eq!(pending, Some((2, 1)), "the resent change took its place");
+}

@@ -85,6 +85,8 @@ struct Active {
     file: Box<dyn DeviceFile>,
     offset: u64,
     next_seq: u64,
+    /// Records were written into `file` since its last flush.
+    unflushed: bool,
 }
 
 /// What the snapshot writer reports for a new generation.
@@ -181,6 +183,7 @@ impl Journal {
             file,
             offset: r.next.offset,
             next_seq: r.next_seq,
+            unflushed: false,
         });
         self.progress.publish(|p| {
             p.generation = number;
@@ -301,20 +304,34 @@ impl Journal {
         kind: CallKind,
         statements: &[S],
     ) -> Result<Appended, WriteError> {
-        let payload_bytes = format::payload_bytes(statements);
-        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX as usize {
-            return Err(WriteError::TooLarge { data_version, bytes: payload_bytes, max: RECORD_PAYLOAD_BYTES_MAX });
+        let chunks = chunks(statements, self.opts.chunk_bytes as usize);
+        if let Some(big) = chunks.iter().find(|c| format::payload_bytes(c) > RECORD_PAYLOAD_BYTES_MAX as usize) {
+            // One statement larger than a record may hold: it cannot be cut.
+            let bytes = format::payload_bytes(big);
+            return Err(WriteError::TooLarge { data_version, bytes, max: RECORD_PAYLOAD_BYTES_MAX });
         }
-        let header = RecordHeader {
-            kind: RecordKind::Change,
-            flags: if kind == CallKind::Txn { format::FLAG_TXN } else { 0 },
-            data_version,
-            payload_bytes: payload_bytes as u32,
-            seq: 0,
-            generation: 0,
-            time_unix_ms: now_unix_ms(),
-        };
-        let appended = self.write_record(header, Body::Statements(statements))?;
+        let time_unix_ms = now_unix_ms();
+        let mut appended = Appended { generation: 0, seq: 0, disk_bytes: 0 };
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let mut flags = if kind == CallKind::Txn { format::FLAG_TXN } else { 0 };
+            if !last {
+                flags |= format::FLAG_MORE;
+            }
+            let header = RecordHeader {
+                kind: RecordKind::Change,
+                flags,
+                data_version,
+                payload_bytes: format::payload_bytes(chunk) as u32,
+                seq: 0,
+                generation: 0,
+                time_unix_ms,
+            };
+            // One flush, after the last chunk: the change is acknowledged
+            // whole or not at all (a switch of segment flushes the one left).
+            let a = self.write_record_then(header, Body::Statements(chunk), last)?;
+            appended = Appended { disk_bytes: appended.disk_bytes + a.disk_bytes, ..a };
+        }
         self.tip = tip_after(data_version, kind);
         self.sealed = false;
         let tip = self.tip;
@@ -322,7 +339,7 @@ impl Journal {
             p.tip = tip;
             p.seq = appended.seq;
             p.journal_bytes += appended.disk_bytes;
-            p.last_write_unix_ms = header.time_unix_ms;
+            p.last_write_unix_ms = time_unix_ms;
             p.sealed = false;
         });
         Ok(appended)
@@ -412,8 +429,17 @@ impl Journal {
             Body::Statements(statements) => self.encode(header, statements, block),
             Body::Stored(stored) => (format::encode_record_stored(&mut self.buf, block, &header, stored), header),
         };
-        let a = self.active.as_ref().expect("checked above");
+        let a = self.active.as_mut().expect("checked above");
         if a.offset + len as u64 > a.segment_bytes {
+            // The records written to this segment unflushed (earlier chunks
+            // of this change) are made durable before it is left.
+            if a.unflushed {
+                let r = a.file.sync_data().map_err(io_at(format!("flushing segment {} before the next", a.segment)));
+                if let Err(e) = r {
+                    return Err(self.poison(e));
+                }
+                a.unflushed = false;
+            }
             if let Err(e) = self.switch_segment(len as u64) {
                 return Err(self.poison(e));
             }
@@ -446,6 +472,7 @@ impl Journal {
         }
         a.offset += len as u64;
         a.next_seq += 1;
+        a.unflushed = !flush;
         self.durable_end = (a.generation, a.segment, a.offset);
         Ok(Appended { generation: a.generation, seq: header.seq, disk_bytes: len as u64 })
     }
@@ -562,6 +589,7 @@ impl Journal {
             file,
             offset: block_bytes as u64,
             next_seq: 1,
+            unflushed: false,
         });
         self.last_generation = number;
         self.durable_end = (number, 1, block_bytes as u64);
@@ -631,8 +659,11 @@ impl Journal {
             if r.header.kind != RecordKind::Change {
                 return refuse("only change records are carried into a new generation".into());
             }
-            if let Err(d) = resolver.push(r.header.data_version, r.call_kind(), (), |_| {}) {
-                return refuse(format!("a carried record cannot continue the compacted base: {d}"));
+            // A chunked change counts once, at its last chunk.
+            if !r.header.continues() {
+                if let Err(d) = resolver.push(r.header.data_version, r.call_kind(), (), |_| {}) {
+                    return refuse(format!("a carried record cannot continue the compacted base: {d}"));
+                }
             }
             bytes += r.header.disk_bytes(h.block_bytes);
         }
@@ -661,6 +692,7 @@ impl Journal {
             file,
             offset: h.block_bytes as u64,
             next_seq: 1,
+            unflushed: false,
         });
         let mut written = h.block_bytes as u64;
         // One flush for all of them (they share segment 1: checked above).
@@ -720,4 +752,25 @@ impl Drop for Journal {
     fn drop(&mut self) {
         self.preparer.shutdown();
     }
+}
+
+/// Cuts a change's statements into chunks of about `chunk_bytes` payload
+/// bytes each, whole statements only (a statement larger than that is a
+/// chunk of its own). Most changes are one chunk: nothing is copied.
+fn chunks<S: AsRef<str>>(statements: &[S], chunk_bytes: usize) -> Vec<&[S]> {
+    if format::payload_bytes(statements) <= chunk_bytes {
+        return vec![statements];
+    }
+    let mut out = vec![];
+    let (mut start, mut bytes) = (0, 4);
+    for (i, s) in statements.iter().enumerate() {
+        let one = 4 + s.as_ref().len();
+        if i > start && bytes + one > chunk_bytes {
+            out.push(&statements[start..i]);
+            (start, bytes) = (i, 4);
+        }
+        bytes += one;
+    }
+    out.push(&statements[start..]);
+    out
 }

@@ -17,10 +17,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// Largest message accepted. lightningd's largest `db_write` calls (a schema
-/// migration, a big transaction) are a few megabytes; the journal refuses
-/// changes above 128 MiB anyway.
-pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
+/// Largest message accepted. lightningd caps no db_write (its first start
+/// after an upgrade sends the whole migration, bookkeeper's history
+/// included, as one: hundreds of MiB on a busy node), and holds about five
+/// times the SQL itself while it waits (docs/LIGHTNINGD.md, "Size limits").
+/// The bound is what the plugin's address space can hold at about 1.5x.
+#[cfg(target_pointer_width = "64")]
+pub const MESSAGE_BYTES_MAX: usize = 4 << 30;
+#[cfg(not(target_pointer_width = "64"))]
+pub const MESSAGE_BYTES_MAX: usize = 1 << 30;
 
 #[derive(Debug, Error)]
 pub enum ProtocolError {
@@ -184,9 +189,34 @@ impl<R: Read> FrameReader<R> {
             self.start = 0;
         }
         if self.end == self.buf.len() {
-            let grown = (self.buf.len() * 2).max(READ_CHUNK);
+            // By half again: a message the size of the buffer costs at most
+            // 1.5 times itself (the buffer becomes the message, not a copy).
+            let grown = (self.buf.len() + self.buf.len() / 2).clamp(READ_CHUNK, MESSAGE_BYTES_MAX + READ_CHUNK);
             self.buf.resize(grown, 0);
         }
+    }
+
+    /// The bytes of the object ending at `obj_end`. A large one takes the
+    /// buffer itself (what follows it moves to a new, small buffer): a
+    /// message of hundreds of MiB is never copied.
+    fn take_message(&mut self, obj_end: usize) -> Vec<u8> {
+        if obj_end - self.start < READ_CHUNK * 4 {
+            let msg = self.buf[self.start..obj_end].to_vec();
+            self.start = obj_end;
+            self.scanned = obj_end;
+            if self.start == self.end {
+                (self.start, self.end, self.scanned) = (0, 0, 0);
+            }
+            return msg;
+        }
+        let after = self.end - obj_end;
+        let mut rest = vec![0; READ_CHUNK.max(after)];
+        rest[..after].copy_from_slice(&self.buf[obj_end..self.end]);
+        let mut msg = std::mem::replace(&mut self.buf, rest);
+        msg.truncate(obj_end);
+        msg.drain(..self.start);
+        (self.start, self.end, self.scanned) = (0, after, 0);
+        msg
     }
 
     /// The next message; with `timeout`, gives up after that long without
@@ -195,15 +225,8 @@ impl<R: Read> FrameReader<R> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(obj_end) = self.scan()? {
-                let msg = self.buf[self.start..obj_end].to_vec();
-                self.start = obj_end;
-                self.scanned = obj_end;
+                let msg = self.take_message(obj_end);
                 self.depth = 0;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                    self.scanned = 0;
-                }
                 return Ok(Frame::Message(msg));
             }
             if self.eof {
@@ -316,6 +339,36 @@ mod tests {
         let (msgs, err) = frames(b"{\"a\":1}\n\n{\"b\":\"}{\\\"\"}{}\r\n\t {\"c\":[{},{\"d\":\"]\"}]}\n");
         assert_eq!(msgs, vec!["{\"a\":1}", "{\"b\":\"}{\\\"\"}", "{}", "{\"c\":[{},{\"d\":\"]\"}]}"]);
         assert!(err.is_none());
+    }
+
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle(Vec<u8>, usize, usize);
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.2.min(out.len()).min(self.0.len() - self.1);
+            out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    /// A message large enough to take the buffer, with the next one read
+    /// along with it: both come out whole and in order.
+    #[test]
+    fn a_large_message_takes_the_buffer_and_leaves_the_next_one() {
+        let big = format!(r#"{{"id":1,"params":{{"writes":["{}"]}}}}"#, "x".repeat(3 << 20));
+        let small = r#"{"id":2}"#;
+        let stream = format!("{big}\n\n{small}\n\n{big}\n\n");
+        for step in [1 << 20, 7 << 20] {
+            let mut r = FrameReader::new(Trickle(stream.clone().into_bytes(), 0, step), None);
+            for want in [big.as_str(), small, big.as_str()] {
+                match r.next(None).unwrap() {
+                    Frame::Message(m) => assert_eq!(m, want.as_bytes(), "step {step}"),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(matches!(r.next(None).unwrap(), Frame::Eof));
+        }
     }
 
     #[test]
