@@ -449,8 +449,11 @@ fn big_change(v: u32, n: usize, pad: usize) -> Vec<String> {
     s
 }
 
-/// The changes the journal's one path yields, as (data_version, records, statements).
-fn committed_changes(dir: &Path) -> (Vec<(u32, usize, usize)>, Option<(u32, usize)>) {
+/// (data_version, records, statements) of each change the journal's one
+/// path yields, and (data_version, records) of the pending one.
+type ChangesRead = (Vec<(u32, usize, usize)>, Option<(u32, usize)>);
+
+fn committed_changes(dir: &Path) -> ChangesRead {
     let gens = super::reader::generations(dir).unwrap();
     let g = gens.last().unwrap();
     let mut cursor = super::Cursor::start(g);
@@ -458,7 +461,12 @@ fn committed_changes(dir: &Path) -> (Vec<(u32, usize, usize)>, Option<(u32, usiz
     for item in cursor.read(g, super::Bound::End).unwrap() {
         if let super::Resolved::Applied { change, .. } = item.unwrap() {
             let mut n = 0;
-            change.for_each_chunk(|_, s| Ok(n += s.len())).unwrap();
+            change
+                .for_each_chunk(|_, s| {
+                    n += s.len();
+                    Ok(())
+                })
+                .unwrap();
             out.push((change.data_version(), change.records().len(), n));
         }
     }
