@@ -9,6 +9,7 @@
 //! [`crate::state`], shared by the writer and every reader.
 
 pub mod format;
+pub mod identity;
 pub mod layout;
 pub mod reader;
 pub mod writer;

@@ -128,6 +128,8 @@ pub struct Journal {
     /// End of the last durable record: (generation, segment, byte offset).
     /// Every write starts at or after it: acknowledged bytes are never rewritten.
     durable_end: (u64, u32, u64),
+    /// The journal's random identity (`identity.rs`).
+    id: super::identity::JournalId,
 }
 
 fn lock_journal(dir: &Path) -> Result<File> {
@@ -206,6 +208,7 @@ impl Journal {
             }
         }
         let lock = lock_journal(dir)?;
+        let id = super::identity::ensure(dir, device.as_ref(), !layout::list_generations(dir)?.is_empty())?;
         // Leftovers of a generation whose creation was interrupted: never
         // visible, never acknowledged.
         for tmp in layout::list_tmp(dir)? {
@@ -232,6 +235,7 @@ impl Journal {
             progress,
             sealed: false,
             durable_end: (0, 0, 0),
+            id,
         };
         if let Some(&g) = generations.last() {
             journal.resume(g)?;
@@ -372,6 +376,11 @@ impl Journal {
 
     pub fn generation(&self) -> u64 {
         self.active.as_ref().map(|a| a.generation).unwrap_or(0)
+    }
+
+    /// The journal's random identity, which binds its remote copies to it.
+    pub fn id(&self) -> super::identity::JournalId {
+        self.id
     }
 
     pub fn progress(&self) -> Arc<Progress> {
