@@ -83,6 +83,11 @@ pub struct Config {
     /// ...or derived from lightningd's hsm_secret (relative to the network directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsm_secret: Option<PathBuf>,
+    /// The passphrase lightningd was started with (`--hsm-passphrase`), for
+    /// an hsm_secret that needs one: a file holding it (0600; relative to
+    /// this file's directory).
+    #[serde(default)]
+    pub hsm_passphrase_file: Option<PathBuf>,
     /// Which changes wait for the destinations: "none", "channel-state", "all".
     #[serde(default)]
     pub remote_sync: RemoteSync,
@@ -183,6 +188,7 @@ impl Config {
             mirror_max_lag: default_mirror_max_lag(),
             key_file: None,
             hsm_secret: None,
+            hsm_passphrase_file: None,
             remote_sync: RemoteSync::None,
             remote_quorum: default_remote_quorum(),
             remote_sync_timeout_ms: default_remote_sync_timeout_ms(),
@@ -241,8 +247,15 @@ impl Config {
         if self.remote_drain_ms + self.shutdown_quiet_ms > 29_000 {
             bail!("remote_drain_ms + shutdown_quiet_ms must stay under 29000 (lightningd waits 30 s for plugins)");
         }
-        if !(100..=3_600_000).contains(&self.remote_lag_ms) || self.remote_sync_timeout_ms == 0 {
-            bail!("remote_lag_ms must be between 100 and 3600000, remote_sync_timeout_ms above 0");
+        if !(100..=3_600_000).contains(&self.remote_lag_ms) {
+            bail!("remote_lag_ms must be between 100 and 3600000");
+        }
+        let hook_wait_ms_max = crate::remote::sync::HOOK_WAIT_MAX.as_millis() as u64;
+        if !(1..=hook_wait_ms_max).contains(&self.remote_sync_timeout_ms) {
+            bail!(
+                "remote_sync_timeout_ms must be between 1 and {hook_wait_ms_max} (a hook must be answered before \
+                 lightningd gives up on the plugin)"
+            );
         }
         Ok(())
     }
@@ -275,6 +288,9 @@ impl Config {
         }
         if let Some(k) = c.key_file.as_mut().filter(|k| k.is_relative()) {
             *k = base.join(&*k);
+        }
+        if let Some(p) = c.hsm_passphrase_file.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
         }
         if let Some(h) = c.hsm_secret.as_mut().filter(|h| h.is_relative()) {
             *h = network_dir.join(&*h);

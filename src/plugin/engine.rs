@@ -12,7 +12,7 @@ use crate::compact::{self, CompactionStatus, Compactor};
 use crate::config::{self, Config, DeviceLostPolicy};
 use crate::device::Device;
 use crate::journal::Journal;
-use crate::remote::shipper::{RemoteOptions, Replicator};
+use crate::remote::{RemoteOptions, Replicator};
 use crate::snapshot;
 use crate::state::{self, CallKind, Decision, NewGenerationReason};
 use crate::status::{LatencyRing, PluginState, StatusBoard};
@@ -166,12 +166,17 @@ impl Engine {
             self.mirror = Some(m);
         }
         if !config.destinations.is_empty() {
-            let key = Replicator::load_key(config.key_file.as_deref(), config.hsm_secret.as_deref())?;
+            let key = Replicator::load_key(
+                config.key_file.as_deref(),
+                config.hsm_secret.as_deref(),
+                config.hsm_passphrase_file.as_deref(),
+            )?;
             let out = self.out.clone();
             let remote = Replicator::start(
                 remote_options(&config),
                 key,
                 config.journal.clone(),
+                journal.id(),
                 journal.progress(),
                 Arc::new(move |level: &str, msg: &str| out.log(level, &format!("cln-replica: {msg}"))),
             )?;
@@ -432,7 +437,7 @@ impl Engine {
         }
         let appended = journal.append(n, kind, &call.writes)?;
         if let Some(remote) = &self.remote {
-            remote.after_append(appended.generation, appended.seq, &call.writes).map_err(anyhow::Error::msg)?;
+            remote.after_append(appended.generation, appended.seq, &call.writes)?;
         }
         if new_generation {
             // The mirror rebuilds from the new snapshot: no backpressure now.
