@@ -132,6 +132,15 @@ impl Store for FileStore {
 
     fn delete(&self, name: &str) -> StoreResult<()> {
         let path = self.path(name.trim_end_matches('/'))?;
+        if name.ends_with('/') {
+            // Leftovers of interrupted uploads (hidden from listings).
+            for e in fs::read_dir(&path).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with('.') && n.ends_with(".partial") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let r = if name.ends_with('/') { fs::remove_dir(&path) } else { fs::remove_file(&path) };
         match r {
             Ok(()) => Ok(()),

@@ -33,6 +33,8 @@ pub mod s3;
 pub mod settings;
 #[cfg(feature = "remote-sftp")]
 pub mod sftp;
+#[cfg(feature = "remote-sftp")]
+mod sftp_dirsync;
 pub mod store;
 pub mod sync;
 pub mod tail;

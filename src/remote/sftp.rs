@@ -9,11 +9,12 @@
 //! its name (`hardlink@openssh.com`, which refuses an existing name: never an
 //! overwrite), and the directory is flushed too (opened as a file and sent
 //! `fsync@openssh.com`, which OpenSSH's sftp-server runs on any file
-//! descriptor). A server without those extensions is refused: it cannot say
+//! descriptor: [`super::sftp_dirsync`]). A server without those extensions is refused: it cannot say
 //! what is on its disk. The tip is renamed over the old one
 //! (`posix-rename@openssh.com`, atomic).
 
 use super::settings::DestinationConfig;
+use super::sftp_dirsync::DirSyncer;
 use super::store::CALL_TIMEOUT;
 use super::store::{ObjectReader, ParsedUrl, Store, StoreError, StoreResult};
 use anyhow::{anyhow, bail, Result};
@@ -33,6 +34,7 @@ pub struct SftpStore {
     ssh_args: Vec<String>,
     rt: tokio::runtime::Runtime,
     conn: Mutex<Option<Conn>>,
+    dirsync: Mutex<Option<DirSyncer>>,
 }
 
 struct Conn {
@@ -90,6 +92,7 @@ impl SftpStore {
             ssh_args: args,
             rt,
             conn: Mutex::new(None),
+            dirsync: Mutex::new(None),
         })
     }
 
@@ -191,14 +194,40 @@ impl SftpStore {
         Ok(())
     }
 
-    /// `fsync@openssh.com` on the directory, opened as a file.
+    /// `fsync@openssh.com` on the directory, opened as a file (over a
+    /// connection of its own: [`super::sftp_dirsync`]).
     fn sync_dir(&self, dir: &std::path::Path) -> StoreResult<()> {
-        let d = dir.to_path_buf();
-        self.with(&format!("flushing the directory {}", dir.display()), async move |s| {
-            let mut f = s.options().read(true).open(&d).await?;
-            f.sync_all().await?;
-            f.close().await
-        })
+        let mut g = self.dirsync.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(
+                DirSyncer::connect(&self.ssh_args, CALL_TIMEOUT).map_err(|e| anyhow!("{}: {e:#}", self.describe))?,
+            );
+        }
+        let r = g.as_mut().expect("connected").sync_dir(&dir.to_string_lossy());
+        if r.is_err() {
+            *g = None;
+        }
+        Ok(r.map_err(|e| anyhow!("flushing the directory {}: {e:#}", dir.display()))?)
+    }
+
+    fn write_all(
+        &self,
+        file: &mut openssh_sftp_client::file::File,
+        data: &mut dyn Read,
+        what: &str,
+    ) -> StoreResult<()> {
+        let mut buf = vec![0u8; WRITE_BYTES];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(anyhow!("{what}: {e}").into()),
+            };
+            let chunk = &buf[..n];
+            let f = &mut *file;
+            self.with(what, async move |_| f.write_all(chunk).await)?;
+        }
     }
 
     fn write_temporary(&self, path: &std::path::Path, data: &mut dyn Read) -> StoreResult<PathBuf> {
@@ -211,23 +240,18 @@ impl SftpStore {
             let _ = s.fs().remove_file(&t).await;
             s.options().write(true).create(true).truncate(true).open(&t).await
         })?;
-        let mut buf = vec![0u8; WRITE_BYTES];
-        loop {
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!("{what}: {e}").into()),
-            };
-            let chunk = &buf[..n];
-            let f = &mut file;
-            self.with(&what, async move |_| f.write_all(chunk).await)?;
+        let written = self.write_all(&mut file, data, &what).and_then(|()| {
+            self.with(&what, async move |_| {
+                // On the server's disk before anything refers to it.
+                file.sync_all().await?;
+                file.close().await
+            })
+        });
+        if let Err(e) = written {
+            let t = tmp.clone();
+            let _ = self.with("removing a partial upload", async move |s| s.fs().remove_file(&t).await);
+            return Err(e);
         }
-        self.with(&what, async move |_| {
-            // On the server's disk before anything refers to it.
-            file.sync_all().await?;
-            file.close().await
-        })?;
         Ok(tmp)
     }
 }
@@ -322,6 +346,20 @@ impl Store for SftpStore {
         let path = self.path(name)?;
         let is_dir = name.ends_with('/');
         self.with(&format!("deleting {name}"), async move |s| {
+            if is_dir {
+                // Leftovers of interrupted uploads (hidden from listings).
+                if let Ok(d) = s.fs().open_dir(&path).await {
+                    let mut rd = Box::pin(d.read_dir());
+                    while let Some(Ok(e)) =
+                        std::future::poll_fn(|cx| futures_core::Stream::poll_next(rd.as_mut(), cx)).await
+                    {
+                        let n = e.filename().to_string_lossy().into_owned();
+                        if n.starts_with('.') && n.ends_with(".partial") {
+                            let _ = s.fs().remove_file(path.join(&n)).await;
+                        }
+                    }
+                }
+            }
             let r = if is_dir { s.fs().remove_dir(&path).await } else { s.fs().remove_file(&path).await };
             match r {
                 Err(e) if not_found(&e) => Ok(()),
