@@ -271,7 +271,7 @@ impl Store for SftpStore {
             match r {
                 Ok(()) => Ok(true),
                 // link() refuses an existing name; the server says only "failure".
-                Err(e) if s.fs().metadata(&p).await.is_ok() => Ok(drop(e)).map(|()| false),
+                Err(_) if s.fs().metadata(&p).await.is_ok() => Ok(false),
                 Err(e) => Err(e),
             }
         })?;
