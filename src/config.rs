@@ -98,6 +98,11 @@ pub struct Config {
     /// ...or derived from lightningd's hsm_secret (relative to the network directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsm_secret: Option<PathBuf>,
+    /// The passphrase lightningd was started with (`--hsm-passphrase`), for
+    /// an hsm_secret that needs one: a file holding it (0600; relative to
+    /// this file's directory).
+    #[serde(default)]
+    pub hsm_passphrase_file: Option<PathBuf>,
     /// Which changes wait for the destinations: "none", "channel-state", "all".
     #[serde(default)]
     pub remote_sync: RemoteSync,
@@ -202,6 +207,7 @@ impl Config {
             mirror_max_lag: default_mirror_max_lag(),
             key_file: None,
             hsm_secret: None,
+            hsm_passphrase_file: None,
             remote_sync: RemoteSync::None,
             remote_quorum: default_remote_quorum(),
             remote_sync_timeout_ms: default_remote_sync_timeout_ms(),
@@ -303,6 +309,9 @@ impl Config {
         }
         if let Some(k) = c.key_file.as_mut().filter(|k| k.is_relative()) {
             *k = base.join(&*k);
+        }
+        if let Some(p) = c.hsm_passphrase_file.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
         }
         if let Some(h) = c.hsm_secret.as_mut().filter(|h| h.is_relative()) {
             *h = network_dir.join(&*h);

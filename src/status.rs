@@ -68,7 +68,11 @@ pub struct PluginStatus {
     pub degraded: Option<String>,
     /// Remote destinations, when configured (docs/REMOTE.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<crate::remote::shipper::RemoteStatus>,
+    pub remote: Option<crate::remote::RemoteStatus>,
+    /// Any remote destination behind by more than `remote_lag_ms`, or
+    /// failing (the panel's "remote lagging"); absent without destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_lagging: Option<bool>,
 }
 
 /// The last hook latencies, for percentiles. Bounded: 4096 samples.
@@ -115,7 +119,7 @@ struct Board {
     progress: Option<Arc<Progress>>,
     latencies: LatencyRing,
     degraded: Option<String>,
-    remote: Option<crate::remote::shipper::StatusSource>,
+    remote: Option<crate::remote::StatusSource>,
 }
 
 /// Shared between the engine (which updates it) and the publisher thread.
@@ -134,7 +138,7 @@ impl StatusBoard {
         }
     }
 
-    pub fn attach_remote(&self, remote: crate::remote::shipper::StatusSource) {
+    pub fn attach_remote(&self, remote: crate::remote::StatusSource) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).remote = Some(remote);
     }
 
@@ -176,6 +180,7 @@ impl StatusBoard {
             Tip::At { version, pending_txn } => (Some(version), pending_txn),
         };
         let pct = b.latencies.percentiles();
+        let remote = b.remote.as_ref().map(|r| r.status());
         let mut state = b.state.unwrap_or(PluginState::Starting);
         let mut reason = b.reason.clone();
         if p.failed && !matches!(state, PluginState::Halted | PluginState::Degraded) {
@@ -198,7 +203,8 @@ impl StatusBoard {
             hook_latency_us_p99: pct.map(|p| p.1),
             updated_unix_ms: now_unix_ms(),
             degraded: b.degraded.clone(),
-            remote: b.remote.as_ref().map(|r| r.status()),
+            remote_lagging: remote.as_ref().map(|r| r.lagging),
+            remote,
         }
     }
 }

@@ -9,12 +9,14 @@
 //! CLN_REPLICA_SFTP_KEY set.
 
 mod common;
+mod remote_common;
 
 use cln_replica::remote::crypto::Key;
 use cln_replica::sim::workload::Workload;
 use cln_replica::sim::{Change, HookOutcome, SimNode};
 use cln_replica::status::PluginStatus;
 use common::*;
+use remote_common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -135,12 +137,7 @@ fn objects(dir: &Path) -> Vec<PathBuf> {
 
 fn copy_dir(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).unwrap();
-    for o in objects(from) {
-        let rel = o.strip_prefix(from).unwrap();
-        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
-        std::fs::copy(&o, to.join(rel)).unwrap();
-    }
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
 }
 
 #[test]
@@ -394,65 +391,6 @@ fn sync_tier_never_continues_for_an_unreplicated_channel_change() {
 
 // ---- S3 (s3s-fs) and SFTP (sshd): real servers on 127.0.0.1 ----
 
-struct S3Server {
-    child: std::process::Child,
-    root: PathBuf,
-    port: u16,
-}
-
-impl S3Server {
-    fn start(root: &Path, port: u16) -> S3Server {
-        let exe = std::env::var("CLN_REPLICA_S3S_FS").expect("CLN_REPLICA_S3S_FS names the s3s-fs binary");
-        std::fs::create_dir_all(root.join("bucket")).unwrap();
-        let child = Command::new(exe)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", "testkey", "--secret-key", "testsecret"])
-            .arg(root)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3Server { child, root: root.to_path_buf(), port }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn destination(&self, prefix: &str) -> String {
-        format!(
-            "[[destination]]\nurl = \"s3://bucket/{prefix}\"\nendpoint = \"http://127.0.0.1:{}\"\nregion = \"us-east-1\"\n\
-             access_key_id = \"testkey\"\nsecret_access_key = \"testsecret\"\n",
-            self.port
-        )
-    }
-
-    fn url(&self, prefix: &str) -> String {
-        format!("s3://bucket/{prefix}?endpoint=http://127.0.0.1:{}&region=us-east-1", self.port)
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn s3_env() {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testkey");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testsecret");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 #[ignore = "needs s3s-fs: scripts/test.d/60-remote"]
 fn s3_restore_equals_the_node_after_a_server_killed_mid_upload() {
@@ -591,10 +529,431 @@ fn a_new_journal_never_continues_another_journals_generation() {
     run(&mut node2, &mut Workload::new(2), 10);
     wait_status(&s2, &node2, "the refusal of another journal's objects", Duration::from_secs(20), |st| {
         let err = st.remote.as_ref().and_then(|r| r.destinations[0].last_error.as_deref());
-        err.is_some_and(|e| e.contains("not this journal's generation"))
+        err.is_some_and(|e| e.contains("another journal"))
     });
     node2.kill_plugin().unwrap();
     // The first node's copy is intact.
     let restored = restore_from(&s1, &format!("file://{}", dest.display()), &key1, "first.sqlite3").unwrap();
     assert_same_as_node(&s1, &node1, &restored);
+}
+
+// ---- What a destination acknowledges, and what a restore trusts ----
+
+fn key_args(key: &Path) -> Vec<String> {
+    vec!["--key-file".into(), key.display().to_string()]
+}
+
+fn restored_version(path: &Path) -> u32 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT intval FROM vars WHERE name = 'data_version'", [], |r| r.get(0)).unwrap()
+}
+
+fn dir_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+/// Objects (relative names) at a file destination.
+fn object_names(dir: &Path) -> Vec<String> {
+    objects(dir).iter().map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned()).collect()
+}
+
+fn replica_status(node: &mut SimNode) -> serde_json::Value {
+    node.request("replica-status", serde_json::json!({})).unwrap().unwrap()["result"].clone()
+}
+
+/// The compaction window: the compacted generation's base is one change
+/// older than the end of the generation it continues (the pending change is
+/// carried as a record). Killed right after that base lands, the
+/// destination still restores what it acknowledged, its status never went
+/// back, and the older generation was not deleted remotely.
+#[test]
+fn a_compacted_base_counts_only_once_its_carried_records_are_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    // A slow destination: the pause after the base (its bytes at this rate) is the window.
+    let d = format!("[[destination]]\nurl = \"file://{}\"\nupload_bytes_per_s_max = 40000\n", dest.display());
+    let (s, key) = setup(&d, "remote_retain_generations = 1\nkeep_generations = 2\n");
+    let mut node = start(&s);
+    let mut w = Workload::new(31);
+    run(&mut node, &mut w, 30);
+    wait_caught_up(&s, &node, Duration::from_secs(120));
+    let acked = node.data_version();
+    let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
+    assert_eq!(answer["result"]["started"], true, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica_status(&mut node)["compaction"]["state"] != "ready" {
+        assert!(Instant::now() < deadline, "compaction not ready: {}", replica_status(&mut node));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run(&mut node, &mut w, 1); // adopted at this hook
+    assert_eq!(replica_status(&mut node)["generation"], 2);
+    let base = dest.join("gen-0000000002/base");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !base.exists() {
+        assert!(Instant::now() < deadline, "the compacted base never landed\n{}", node.logs().join("\n"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // In the window: the status must not go back to the compacted base's version.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        if let Some(d) = status(&s).and_then(|st| st.remote).map(|r| r.destinations[0].clone()) {
+            assert!(d.acked_data_version >= Some(acked), "the status went backwards: {d:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.kill_plugin().unwrap();
+    assert!(
+        !dest.join("gen-0000000002").join(format!("rec-{:020}-{:020}", 1, 1)).exists(),
+        "the carried record was shipped already: the window was missed (rate too high?)"
+    );
+    assert!(
+        dest.join("gen-0000000001/base").exists(),
+        "generation 1 deleted remotely before generation 2 held as much"
+    );
+    let restored = restore_from(&s, &dir_url(&dest), &key, "window.sqlite3").unwrap();
+    assert!(restored_version(&restored) >= acked, "restored {} < acknowledged {acked}", restored_version(&restored));
+    let to = s.path("window-at.sqlite3");
+    let mut args =
+        vec!["restore".to_string(), "--from".into(), dir_url(&dest), "--to".into(), to.display().to_string()];
+    args.extend(["--at".into(), acked.to_string()]);
+    args.extend(key_args(&key));
+    let o = Command::new(EXE).args(&args).output().unwrap();
+    assert!(o.status.success(), "--at {acked}: {}", text(&o));
+    // The next start picks up where the tip says, finishes generation 2, and then retires 1.
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    run(&mut node, &mut w, 5);
+    wait_caught_up(&s, &node, Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dest.join("gen-0000000001").exists() {
+        assert!(Instant::now() < deadline, "generation 1 is never retired remotely");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.shutdown_plugin().unwrap();
+    let restored = restore_from(&s, &dir_url(&dest), &key, "after-window.sqlite3").unwrap();
+    assert_same_as_node(&s, &node, &restored);
+}
+
+/// A name planted at the destination (anyone with write access can) is not
+/// a position: the synchronous tier waits for objects this process wrote.
+#[test]
+fn a_planted_object_never_counts_as_shipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, key) = setup(&file_destination(&dest), "remote_sync = \"all\"\nremote_sync_timeout_ms = 5000\n");
+    let mut node = start(&s);
+    let mut w = Workload::new(41);
+    run(&mut node, &mut w, 20);
+    node.shutdown_plugin().unwrap();
+    let last: u64 = object_names(&dest)
+        .iter()
+        .filter_map(|n| n.rsplit_once('-').map(|(_, l)| l.parse::<u64>().unwrap_or(0)))
+        .max()
+        .unwrap();
+    let planted = dest.join(format!("gen-0000000001/rec-{:020}-{:020}", last + 1, 99_999_999));
+    std::fs::write(&planted, b"").unwrap();
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    run(&mut node, &mut w, 3);
+    let st = wait_status(&s, &node, "the acknowledgement", Duration::from_secs(20), |st| {
+        st.remote.as_ref().is_some_and(|r| r.destinations[0].queue_records == 0)
+    });
+    let d = &st.remote.unwrap().destinations[0];
+    assert!(d.acked_seq < 99_999_999 && d.acked_data_version == Some(node.data_version()), "{d:?}");
+    node.shutdown_plugin().unwrap();
+    let restored = restore_from(&s, &dir_url(&dest), &key, "planted.sqlite3").unwrap();
+    assert_same_as_node(&s, &node, &restored);
+}
+
+/// The destination says it holds more than the local journal has (the
+/// journal directory was replaced by an older copy): the worker refuses,
+/// loudly, instead of shipping into it.
+#[test]
+fn a_tip_past_the_local_journal_is_refused_loudly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, _key) = setup(&file_destination(&dest), "");
+    let mut node = start(&s);
+    let mut w = Workload::new(42);
+    run(&mut node, &mut w, 20);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    node.shutdown_plugin().unwrap();
+    let aside = tmp.path().join("journal-copy");
+    assert!(Command::new("cp").arg("-a").arg(&s.journal).arg(&aside).status().unwrap().success());
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    run(&mut node, &mut w, 20);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    node.shutdown_plugin().unwrap();
+    std::fs::remove_dir_all(&s.journal).unwrap();
+    std::fs::rename(&aside, &s.journal).unwrap();
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    run(&mut node, &mut w, 2);
+    wait_status(&s, &node, "the refusal", Duration::from_secs(20), |st| {
+        let e = st.remote.as_ref().and_then(|r| r.destinations[0].last_error.clone());
+        e.is_some_and(|e| e.contains("past this journal's last record"))
+    });
+    assert!(logs_contain(&node, "past this journal's last record"));
+    node.kill_plugin().unwrap();
+}
+
+/// Newest objects lost or hidden: the restore names what is missing against
+/// the tip and refuses unless told to accept the older state; a rolled-back
+/// tip cannot be told from a destination that is behind, but the age is
+/// printed, and a second destination gives the newest state.
+#[test]
+fn hidden_newest_objects_are_named_and_several_destinations_give_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let dests = format!("{}{}", file_destination(&a), file_destination(&b));
+    let (s, key) = setup(&dests, "");
+    let mut node = start(&s);
+    let mut w = Workload::new(43);
+    run(&mut node, &mut w, 60);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    let early = object_names(&a);
+    let old_tip = std::fs::read(a.join("tip")).unwrap();
+    let early_version = node.data_version();
+    run(&mut node, &mut w, 60);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    node.shutdown_plugin().unwrap();
+    for n in object_names(&a).iter().filter(|n| !early.contains(n) && n.as_str() != "tip") {
+        std::fs::remove_file(a.join(n)).unwrap();
+    }
+    let e = restore_from(&s, &dir_url(&a), &key, "hidden.sqlite3").unwrap_err();
+    assert!(e.contains("its tip") && e.contains("missing") && e.contains("--allow-older"), "{e}");
+    let to = s.path("older.sqlite3");
+    let mut args = vec!["restore".to_string(), "--from".into(), dir_url(&a), "--to".into(), to.display().to_string()];
+    args.extend(key_args(&key));
+    args.push("--allow-older".into());
+    let o = Command::new(EXE).args(&args).output().unwrap();
+    assert!(
+        o.status.success() && text(&o).contains("restored state: data_version") && text(&o).contains(" ago)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(restored_version(&to), early_version);
+    // The tip rolled back too: consistent, older, and said how old.
+    std::fs::write(a.join("tip"), &old_tip).unwrap();
+    let older = restore_from(&s, &dir_url(&a), &key, "rolled-back.sqlite3").unwrap();
+    assert_eq!(restored_version(&older), early_version);
+    // Both destinations: the newest wins, the other is named.
+    let to = s.path("both.sqlite3");
+    let mut args = vec!["restore".to_string(), "--from".into(), dir_url(&a), "--from".into(), dir_url(&b)];
+    args.extend(["--to".into(), to.display().to_string()]);
+    args.extend(key_args(&key));
+    let o = Command::new(EXE).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("behind: {} reaches only data_version {early_version}", dir_url(&a))),
+        "{}",
+        text(&o)
+    );
+    assert_same_as_node(&s, &node, &to);
+    // status --from shows the tip, the generations and what is restorable.
+    let mut args = vec!["status".to_string(), "--from".into(), dir_url(&b)];
+    args.extend(key_args(&key));
+    let o = Command::new(EXE).args(&args).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("tip (counter") && t.contains("generation 1:"), "{t}");
+    assert!(t.contains(&format!("restorable: data_version {}", node.data_version())), "{t}");
+}
+
+/// Two nodes under the same key: objects of one never pass as the other's.
+#[test]
+fn objects_of_another_journal_are_refused_even_under_the_same_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    // One object per change on both, so that names line up.
+    let (sa, key) = setup(&file_destination(&da), "remote_sync = \"all\"\n");
+    let (sb, key_b) = setup(&file_destination(&db), "remote_sync = \"all\"\n");
+    std::fs::remove_file(&key_b).unwrap();
+    std::fs::copy(&key, &key_b).unwrap();
+    let mut na = start(&sa);
+    let mut nb = start(&sb);
+    run(&mut na, &mut Workload::new(44), 30);
+    run(&mut nb, &mut Workload::new(45), 30);
+    na.shutdown_plugin().unwrap();
+    nb.shutdown_plugin().unwrap();
+    let spliced = tmp.path().join("spliced");
+    let surl = dir_url(&spliced);
+    // One of B's records objects in place of A's object of the same name.
+    copy_dir(&da, &spliced);
+    let in_b = object_names(&db);
+    let common: Vec<String> =
+        object_names(&da).into_iter().filter(|n| n.contains("/rec-") && in_b.contains(n)).collect();
+    assert!(common.len() > 4, "names line up: {common:?}");
+    let victim = common[common.len() / 2].clone();
+    std::fs::copy(db.join(&victim), spliced.join(&victim)).unwrap();
+    let e = restore_from(&sa, &surl, &key, "spliced.sqlite3").unwrap_err();
+    assert!(e.contains(&victim) && e.contains("another journal"), "{e}");
+    // B's whole generation in place of A's.
+    copy_dir(&da, &spliced);
+    std::fs::remove_dir_all(spliced.join("gen-0000000001")).unwrap();
+    copy_dir(&db.join("gen-0000000001"), &spliced.join("gen-0000000001-tmp"));
+    std::fs::rename(spliced.join("gen-0000000001-tmp"), spliced.join("gen-0000000001")).unwrap();
+    let e = restore_from(&sa, &surl, &key, "spliced2.sqlite3").unwrap_err();
+    assert!(e.contains("another journal"), "{e}");
+    // A's own objects still restore A.
+    let restored = restore_from(&sa, &dir_url(&da), &key, "a.sqlite3").unwrap();
+    assert_same_as_node(&sa, &na, &restored);
+}
+
+/// The panel's "remote lagging": plugin, status file, panel condition, with
+/// a destination that stops answering and comes back.
+#[test]
+fn the_panel_shows_a_destination_that_stops_answering_and_comes_back() {
+    use cln_replica::panel::health;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, _key) = setup(&file_destination(&dest), "");
+    let mut node = start(&s);
+    let mut w = Workload::new(46);
+    run(&mut node, &mut w, 20);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    let condition = || {
+        let alive = |_| true;
+        health::assess(&health::Inputs {
+            status: health::read_status(&s.path("status.json")),
+            now_unix_ms: cln_replica::clock::now_unix_ms(),
+            status_stale_ms: 5_000,
+            backup_mounted: None,
+            pid_alive: &alive,
+        })
+    };
+    wait_status(&s, &node, "in sync", Duration::from_secs(10), |st| st.remote_lagging == Some(false));
+    assert_ne!(condition(), health::Condition::RemoteLagging);
+    std::fs::rename(&dest, tmp.path().join("gone")).unwrap();
+    std::fs::write(&dest, b"not a directory").unwrap();
+    run(&mut node, &mut w, 5);
+    let st = wait_status(&s, &node, "lagging", Duration::from_secs(30), |st| st.remote_lagging == Some(true));
+    let d = &st.remote.as_ref().unwrap().destinations[0];
+    assert!(d.lagging && d.queue_records > 0 && d.last_error.is_some(), "{d:?}");
+    assert_eq!(condition(), health::Condition::RemoteLagging);
+    std::fs::remove_file(&dest).unwrap();
+    std::fs::rename(tmp.path().join("gone"), &dest).unwrap();
+    let st = wait_status(&s, &node, "caught up again", Duration::from_secs(60), |st| st.remote_lagging == Some(false));
+    assert_eq!(st.remote.unwrap().destinations[0].queue_records, 0);
+    assert_ne!(condition(), health::Condition::RemoteLagging);
+    node.shutdown_plugin().unwrap();
+}
+
+// ---- The node's own secret keys the destinations ----
+
+/// The CLN v26.06 build (`CLN_SHARED_DIR`, or /work/shared/cln, or beside the checkout).
+fn cln_tarball() -> PathBuf {
+    let name = "cln-v26.06-x86_64-linux.tar.xz";
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs: Vec<PathBuf> = std::env::var_os("CLN_SHARED_DIR").map(PathBuf::from).into_iter().collect();
+    dirs.extend([repo.join("../shared/cln"), repo.join("../../shared/cln"), PathBuf::from("/work/shared/cln")]);
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists()).expect("the CLN v26.06 tarball (set CLN_SHARED_DIR)")
+}
+
+/// Starts the real lightningd once on a new directory (no Bitcoin backend:
+/// it exits after hsmd has created hsm_secret) and returns that file.
+fn real_hsm_secret(cln: &Path, dir: &Path, passphrase: Option<&str>) -> PathBuf {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = Command::new(cln.join("bin/lightningd"));
+    cmd.args(["--network=regtest", "--disable-plugin=bcli", "--bind-addr=127.0.0.1:1"])
+        .arg(format!("--lightning-dir={}", dir.display()))
+        .arg(format!("--log-file={}", dir.join("log").display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if passphrase.is_some() {
+        cmd.arg("--hsm-passphrase");
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(p) = passphrase {
+        // A new node asks twice.
+        child.stdin.as_mut().unwrap().write_all(format!("{p}\n{p}\n").as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    cln_replica::sim::node::wait_bounded(&mut child, Duration::from_secs(60)).unwrap();
+    let secret = dir.join("regtest/hsm_secret");
+    assert!(
+        secret.exists(),
+        "lightningd wrote no hsm_secret: {}",
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+    secret
+}
+
+#[test]
+#[ignore = "needs the real lightningd (CLN_SHARED_DIR): scripts/test.d/60-remote"]
+fn a_real_v26_hsm_secret_keys_the_destinations_and_restores_on_a_fresh_machine() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let cln = tmp.path().join("cln");
+    std::fs::create_dir_all(&cln).unwrap();
+    assert!(Command::new("tar").arg("-C").arg(&cln).arg("-xJf").arg(cln_tarball()).status().unwrap().success());
+    let secret = real_hsm_secret(&cln, &tmp.path().join("ln1"), None);
+    let len = std::fs::metadata(&secret).unwrap().len();
+    assert!(len > 32 && std::fs::read(&secret).unwrap()[..32] == [0; 32], "the mnemonic format: {len} bytes");
+    let dest = tmp.path().join("nas");
+    let s = Setup::new("");
+    let conf = s.node_dir.join("cln-replica.toml");
+    let mut t = std::fs::read_to_string(&conf).unwrap();
+    t.push_str(&format!(
+        "hsm_secret = {secret:?}\nstatus_file = {:?}\nremote_lag_ms = 200\n{}",
+        s.path("status.json"),
+        file_destination(&dest)
+    ));
+    std::fs::write(&conf, t).unwrap();
+    let mut node = start(&s);
+    run(&mut node, &mut Workload::new(47), 40);
+    node.shutdown_plugin().unwrap();
+    // A fresh machine: the hsm_secret (a copy) and the URL, nothing else.
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let copy = fresh.join("hsm_secret");
+    std::fs::copy(&secret, &copy).unwrap();
+    let to = fresh.join("lightningd.sqlite3");
+    let o = Command::new(EXE)
+        .args([
+            "restore",
+            "--from",
+            &dir_url(&dest),
+            "--to",
+            to.to_str().unwrap(),
+            "--hsm-secret",
+            copy.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_as_node(&s, &node, &to);
+    // ...or the words, as lightning-hsmtool shows them, typed in.
+    let words = Command::new(cln.join("bin/lightning-hsmtool")).arg("getsecret").arg(&secret).output().unwrap();
+    assert!(words.status.success(), "{}", text(&words));
+    let to2 = fresh.join("from-words.sqlite3");
+    let mut child = Command::new(EXE)
+        .args(["restore", "--from", &dir_url(&dest), "--to", to2.to_str().unwrap(), "--mnemonic"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&words.stdout).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_as_node(&s, &node, &to2);
+    // With lightningd's passphrase: the stored hash is lightningd's own
+    // SHA-256 of its BIP39 seed, so accepting the passphrase proves the
+    // seed derived here is lightningd's.
+    let secret2 = real_hsm_secret(&cln, &tmp.path().join("ln2"), Some("a passphrase"));
+    let k = cln_replica::remote::hsm::load_hsm_secret(&secret2, Some("a passphrase")).unwrap();
+    // The words as lightningd stored them, after the hash of the seed.
+    let words2 = String::from_utf8(std::fs::read(&secret2).unwrap()[32..].to_vec()).unwrap();
+    let typed = cln_replica::remote::hsm::key_from_words(&words2, Some("a passphrase")).unwrap();
+    assert_eq!(k.id(), typed.id());
+    let e = cln_replica::remote::hsm::load_hsm_secret(&secret2, Some("not it")).unwrap_err();
+    assert!(format!("{e:#}").contains("wrong passphrase"), "{e:#}");
+    assert!(
+        format!("{:#}", cln_replica::remote::hsm::load_hsm_secret(&secret2, None).unwrap_err()).contains("passphrase")
+    );
+    let plain = cln_replica::remote::hsm::load_hsm_secret(&secret, None).unwrap();
+    assert_ne!(plain.id(), k.id());
 }

@@ -12,9 +12,12 @@ use std::process::ExitCode;
 /// Show the journal's generations, the restorable versions and times, and the plugin's state
 #[derive(clap::Args)]
 pub struct Args {
-    /// The journal directory (default: from the configuration)
+    /// The journal directory (default: from the configuration), or a
+    /// destination URL (s3://, sftp://, file://): what it holds
     #[arg(long)]
-    from: Option<PathBuf>,
+    from: Option<std::ffi::OsString>,
+    #[command(flatten)]
+    key: super::restore::KeyArgs,
     /// The configuration file (default: $CLN_REPLICA_CONFIG, or cln-replica.toml in --lightning-dir)
     #[arg(long)]
     config: Option<PathBuf>,
@@ -27,6 +30,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(url) = a.from.as_ref().and_then(|f| f.to_str()).filter(|f| crate::remote::store::is_url(f)) {
+        return remote(url, &a);
+    }
     let cwd = std::env::current_dir()?;
     let net_dir = a.lightning_dir.clone().unwrap_or(cwd);
     let config = match (&a.from, &a.config) {
@@ -40,7 +46,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Some(Config::load(&path, &net_dir)?)
         }
     };
-    let journal = a.from.clone().or_else(|| config.as_ref().map(|c| c.journal.clone())).expect("journal known");
+    let journal = a
+        .from
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| config.as_ref().map(|c| c.journal.clone()))
+        .expect("journal known");
     let inv = inventory(&journal)?;
     let live: Option<PluginStatus> = config
         .as_ref()
@@ -122,26 +133,101 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
         if let Some(r) = &s.remote {
             println!(
-                "remote (synchronous tier {}){}",
+                "remote (synchronous tier {:?}){}{}",
                 r.sync,
+                if r.lagging { ", LAGGING" } else { "" },
                 r.degraded_reason.as_ref().map(|w| format!(": DEGRADED ({w})")).unwrap_or_default()
             );
             for d in &r.destinations {
                 println!(
                     "  {}: acknowledged generation {} record {} (data_version {}), queue {} record(s), lag {} ms, \
-                     {} object(s) / {} shipped{}",
+                     behind for {} ms, {} object(s) / {} shipped, tip counter {}{}",
                     d.name,
                     d.acked_generation,
                     d.acked_seq,
                     d.acked_data_version.map_or("-".into(), |v| v.to_string()),
                     d.queue_records,
                     d.lag_ms,
+                    d.behind_ms,
                     d.objects_shipped,
                     super::bytes(d.bytes_shipped),
+                    d.tip_counter,
                     d.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status --from URL`: the destination's tip, and per generation its base,
+/// the versions and times it holds, and any problem.
+fn remote(url: &str, a: &Args) -> Result<ExitCode> {
+    use crate::remote::fetch;
+    let key = a.key.load()?;
+    let store = crate::remote::open_store(&crate::remote::DestinationConfig::new(url))?;
+    let s = fetch::survey(store.as_ref(), &key)?;
+    let newest = fetch::plan(&s, fetch::Which::Newest, false);
+    if a.json {
+        let v = json!({"survey": s, "restorable": newest.as_ref().ok().map(|p| json!({
+            "generations": p.generations, "data_version": p.reach.data_version, "time_unix_ms": p.time_unix_ms,
+        })), "problem": newest.as_ref().err().map(|e| e.to_string())});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fmt = crate::clock::format_unix_ms;
+    let now = crate::clock::now_unix_ms();
+    println!("destination {}", s.destination);
+    match (&s.tip, &s.tip_problem) {
+        (Some(t), _) => println!(
+            "  tip (counter {}, written {}, {} ago): journal {}, generation {} record {}, data_version {} of {}",
+            t.counter,
+            fmt(t.written_unix_ms),
+            super::restore::age(now.saturating_sub(t.written_unix_ms)),
+            t.journal,
+            t.generation,
+            t.seq,
+            t.data_version,
+            fmt(t.time_unix_ms)
+        ),
+        (None, Some(p)) => println!("  tip: PROBLEM: {p}"),
+        (None, None) => println!("  tip: none"),
+    }
+    if s.generations.is_empty() {
+        println!("  no generation");
+    }
+    for g in &s.generations {
+        match (g.base_version, g.data_version) {
+            (Some(b), Some(v)) => println!(
+                "  generation {}: {} base at data_version {} ({}{}), records 1..={} up to data_version {} of {}",
+                g.generation,
+                g.base_kind.unwrap_or("?"),
+                b,
+                fmt(g.created_unix_ms.unwrap_or(0)),
+                match g.filter {
+                    Some(f) if f != crate::filter::Filter::None.name() => format!(", filtered \"{f}\""),
+                    _ => String::new(),
+                },
+                g.seq,
+                v,
+                fmt(g.time_unix_ms.unwrap_or(0))
+            ),
+            _ => println!("  generation {}: not restorable", g.generation),
+        }
+        if let Some(p) = &g.problem {
+            println!("    PROBLEM: {p}");
+        }
+    }
+    match newest {
+        Ok(p) => println!(
+            "restorable: data_version {} (generation {} record {}) written {} ({} ago)",
+            p.reach.data_version,
+            p.reach.generation,
+            p.reach.seq,
+            fmt(p.time_unix_ms),
+            super::restore::age(now.saturating_sub(p.time_unix_ms))
+        ),
+        Err(e) => println!("NOT RESTORABLE as it is: {e}"),
     }
     Ok(ExitCode::SUCCESS)
 }

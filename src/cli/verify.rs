@@ -12,12 +12,8 @@ pub struct Args {
     /// The journal directory, or a destination URL (s3://, sftp://, file://)
     #[arg(long)]
     from: std::ffi::OsString,
-    /// Key file for a destination URL
-    #[arg(long, value_name = "FILE", conflicts_with = "hsm_secret")]
-    key_file: Option<PathBuf>,
-    /// lightningd's hsm_secret, when the destinations' key is derived from it
-    #[arg(long, value_name = "FILE")]
-    hsm_secret: Option<PathBuf>,
+    #[command(flatten)]
+    key: super::restore::KeyArgs,
     /// Skip replaying the newest generation (checksums and continuity only)
     #[arg(long)]
     no_replay: bool,
@@ -27,14 +23,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let source = crate::remote::fetch::Source {
-        from: a.from.to_string_lossy().into_owned(),
-        key_file: a.key_file,
-        hsm_secret: a.hsm_secret,
-    };
-    let (_guard, from) = if source.is_remote() {
+    let url = a.from.to_str().filter(|f| crate::remote::store::is_url(f)).map(String::from);
+    let (_guard, from) = if let Some(url) = &url {
         // Every object is downloaded and authenticated; a refusal names it.
-        let (dir, fetched) = match source.materialise(crate::remote::fetch::Which::All, &std::env::temp_dir()) {
+        let (dir, fetched) = match fetch_all(&a, url) {
             Ok(x) => x,
             Err(e) => {
                 println!("PROBLEM: {e:#}");
@@ -83,4 +75,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("{}", if report.ok() { "journal OK" } else { "journal has problems" });
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Every generation of the destination, into a temporary local journal.
+fn fetch_all(a: &Args, url: &str) -> Result<(tempfile::TempDir, crate::remote::fetch::Fetched)> {
+    use crate::remote::fetch;
+    let key = a.key.load()?;
+    let store = crate::remote::open_store(&crate::remote::DestinationConfig::new(url))?;
+    let survey = fetch::survey(store.as_ref(), &key)?;
+    let plan = fetch::plan(&survey, fetch::Which::All, false)?;
+    let dir = tempfile::Builder::new().prefix(".cln-replica-fetch-").tempdir_in(std::env::temp_dir())?;
+    let fetched = fetch::fetch(store.as_ref(), &key, &survey, &plan, dir.path())?;
+    Ok((dir, fetched))
 }

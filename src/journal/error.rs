@@ -40,6 +40,9 @@ pub enum WriteError {
     /// What the reader found on the device.
     #[error(transparent)]
     Read(#[from] JournalError),
+    /// The journal's identity file (`JOURNAL_ID`) is unreadable or malformed.
+    #[error(transparent)]
+    Identity(#[from] super::identity::IdentityError),
     /// A change too large for one record.
     #[error("the change for data_version {data_version} is {bytes} bytes, more than a record may hold ({max} bytes)")]
     TooLarge { data_version: u32, bytes: usize, max: u32 },

@@ -16,6 +16,7 @@
 pub mod committed;
 pub mod error;
 pub mod format;
+pub mod identity;
 pub mod layout;
 mod preparer;
 pub mod reader;

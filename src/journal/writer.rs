@@ -125,6 +125,8 @@ pub struct Journal {
     /// End of the last durable record: (generation, segment, byte offset).
     /// Every write starts at or after it: acknowledged bytes are never rewritten.
     durable_end: (u64, u32, u64),
+    /// The journal's random identity (`identity.rs`).
+    id: super::identity::JournalId,
 }
 
 impl Journal {
@@ -139,6 +141,7 @@ impl Journal {
         }
         let lock = recovery::lock_journal(dir)?;
         recovery::remove_leftovers(device.as_ref(), dir, true)?;
+        let id = super::identity::ensure(dir, device.as_ref(), !layout::list_generations(dir)?.is_empty())?;
         let generations = layout::list_generations(dir)?;
         let compressor = match opts.compression {
             Compression::Off => None,
@@ -159,6 +162,7 @@ impl Journal {
             progress: Arc::new(Progress::default()),
             sealed: false,
             durable_end: (0, 0, 0),
+            id,
         };
         if let Some(&g) = generations.last() {
             journal.resume(g)?;
@@ -215,6 +219,11 @@ impl Journal {
 
     pub fn generation(&self) -> u64 {
         self.active.as_ref().map(|a| a.generation).unwrap_or(0)
+    }
+
+    /// The journal's random identity, which binds its remote copies to it.
+    pub fn id(&self) -> super::identity::JournalId {
+        self.id
     }
 
     pub fn progress(&self) -> Arc<Progress> {

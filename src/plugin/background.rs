@@ -13,7 +13,7 @@ use crate::device::Device;
 use crate::journal::writer::Appended;
 use crate::journal::{Journal, WriteError};
 use crate::mirror::{Mirror, MirrorStatus};
-use crate::remote::shipper::{RemoteOptions, Replicator};
+use crate::remote::{RemoteOptions, Replicator};
 use crate::status::StatusBoard;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -68,12 +68,17 @@ impl Background {
         let remote = if config.destinations.is_empty() {
             None
         } else {
-            let key = Replicator::load_key(config.key_file.as_deref(), config.hsm_secret.as_deref())?;
+            let key = Replicator::load_key(
+                config.key_file.as_deref(),
+                config.hsm_secret.as_deref(),
+                config.hsm_passphrase_file.as_deref(),
+            )?;
             let log = out.clone();
             let r = Replicator::start(
                 remote_options(config),
                 key,
                 config.journal.clone(),
+                journal.id(),
                 journal.progress(),
                 Arc::new(move |level: &str, msg: &str| log.log(level, &format!("cln-replica: {msg}"))),
             )?;
@@ -174,7 +179,11 @@ impl Background {
 
     /// The synchronous remote tier, after record `seq` of `generation` is
     /// durable: `Err` refuses the hook.
-    pub fn after_append<S: AsRef<str>>(&self, appended: &Appended, writes: &[S]) -> Result<(), String> {
+    pub fn after_append<S: AsRef<str>>(
+        &self,
+        appended: &Appended,
+        writes: &[S],
+    ) -> Result<(), crate::remote::sync::SyncRefusal> {
         match &self.remote {
             Some(r) => r.after_append(appended.generation, appended.seq, writes),
             None => Ok(()),

@@ -344,7 +344,7 @@ impl Engine {
             }
         }
         let appended = journal.append(n, kind, &call.writes)?;
-        background.after_append(&appended, &call.writes).map_err(Refusal::Remote)?;
+        background.after_append(&appended, &call.writes).map_err(|e| Refusal::Remote(e.to_string()))?;
         if new_generation {
             // The mirror rebuilds from the new snapshot: no backpressure now.
             background.after_new_generation(appended.generation);

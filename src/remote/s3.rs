@@ -1,6 +1,8 @@
 //! `s3://bucket/prefix`: any S3-compatible store, through OpenDAL's s3
-//! service. A PUT is atomic (a reader sees the whole object or none) and
-//! acknowledged once the service has stored it.
+//! service. A PUT (or a multipart upload, for objects over 8 MiB) is atomic
+//! (a reader sees the whole object or none) and acknowledged once the service
+//! has stored it. S3 cannot refuse to overwrite: a retried upload replaces an
+//! object with the same plaintext under the same name.
 //!
 //! Settings, each from the `[[destination]]` table, the URL's `?key=value`,
 //! or the environment: `endpoint` (`AWS_ENDPOINT_URL`), `region`
@@ -10,8 +12,9 @@
 
 use super::opendal_common::Blocking;
 use super::settings::DestinationConfig;
-use super::store::{ParsedUrl, Store};
+use super::store::{ObjectReader, ParsedUrl, Store, StoreResult};
 use anyhow::{bail, Result};
+use std::io::Read;
 
 pub struct S3Store {
     io: Blocking,
@@ -46,16 +49,20 @@ impl Store for S3Store {
     fn describe(&self) -> String {
         self.describe.clone()
     }
-    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+    fn put(&self, name: &str, data: &mut dyn Read) -> StoreResult<()> {
         self.io.put(name, data)
     }
-    fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    fn replace(&self, name: &str, data: &[u8]) -> StoreResult<()> {
+        // A PUT replaces the object atomically.
+        self.io.put(name, &mut &data[..])
+    }
+    fn get(&self, name: &str) -> StoreResult<Option<ObjectReader<'_>>> {
         self.io.get(name)
     }
-    fn list(&self, dir: &str) -> Result<Vec<String>> {
+    fn list(&self, dir: &str) -> StoreResult<Vec<String>> {
         self.io.list(dir)
     }
-    fn delete(&self, name: &str) -> Result<()> {
+    fn delete(&self, name: &str) -> StoreResult<()> {
         if name.ends_with('/') {
             return Ok(()); // S3 has no directories
         }

@@ -2,24 +2,66 @@
 
 use super::settings::DestinationConfig;
 use anyhow::{bail, Result};
+use std::io::Read;
 
-/// One destination: a flat namespace of immutable objects with `/`-separated
-/// names. Every call blocks; implementations over async libraries carry their
-/// own runtime. Errors are operating errors (retried by the shipper).
+/// Every call to a remote destination ends within this, successfully or not
+/// (a destination that stops answering shows as failing after it). The hook
+/// never waits for a call: only the workers make them.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a store operation failed, where callers branch on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// [`Store::put`] found the name taken: objects are never overwritten.
+    #[error("{name} already exists at the destination (objects are never overwritten)")]
+    Exists { name: String },
+    /// Anything else: an operating error, retried by the shipper.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// A readable object.
+pub type ObjectReader<'a> = Box<dyn Read + Send + 'a>;
+
+/// One destination: a flat namespace of `/`-separated names. Every call
+/// blocks and ends (implementations over async libraries carry their own
+/// runtime and a deadline on each call). Data streams through in both
+/// directions: nothing here holds a whole object in memory.
+///
+/// `tests/remote_store.rs` is the conformance suite every implementation
+/// passes (file://, s3s-fs, sshd).
 pub trait Store: Send + Sync {
     /// The destination as shown in logs and status: never a secret.
     fn describe(&self) -> String;
-    /// Stores a new object. Returns once the destination holds it durably (as
-    /// durably as that kind of destination can say: see docs/REMOTE.md). A
-    /// reader never sees a partial object under `name`.
-    fn put(&self, name: &str, data: &[u8]) -> Result<()>;
-    /// The object, or `None` if it does not exist.
-    fn get(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores a new object from `data`. Returns once the destination holds it
+    /// durably (as durably as that kind of destination can say: see
+    /// docs/REMOTE.md). A reader never sees a partial object under `name`.
+    /// A name that exists is [`StoreError::Exists`] where the destination can
+    /// tell (file, SFTP); S3 replaces it.
+    fn put(&self, name: &str, data: &mut dyn Read) -> StoreResult<()>;
+    /// Stores `data` under `name`, atomically replacing what is there (the tip).
+    fn replace(&self, name: &str, data: &[u8]) -> StoreResult<()>;
+    /// The object as a stream, or `None` if it does not exist.
+    fn get(&self, name: &str) -> StoreResult<Option<ObjectReader<'_>>>;
     /// The entries directly under `dir` ("" for the top, else ending in `/`):
     /// object names relative to `dir`, and sub-directories ending in `/`.
-    fn list(&self, dir: &str) -> Result<Vec<String>>;
-    /// Deletes an object; deleting a missing one is not an error.
-    fn delete(&self, name: &str) -> Result<()>;
+    fn list(&self, dir: &str) -> StoreResult<Vec<String>>;
+    /// Deletes an object (or an empty directory, named with a trailing `/`);
+    /// deleting a missing one is not an error.
+    fn delete(&self, name: &str) -> StoreResult<()>;
+}
+
+/// Reads a whole small object, at most `limit` bytes (more is an error).
+pub fn get_bounded(store: &dyn Store, name: &str, limit: u64) -> StoreResult<Option<Vec<u8>>> {
+    let Some(r) = store.get(name)? else { return Ok(None) };
+    let mut out = Vec::new();
+    r.take(limit + 1).read_to_end(&mut out).map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(anyhow::anyhow!("{name} is larger than the {limit} bytes such an object can be").into());
+    }
+    Ok(Some(out))
 }
 
 /// A destination URL split into its parts.

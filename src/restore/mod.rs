@@ -42,6 +42,9 @@ pub struct RestoreReport {
     pub base_version: u32,
     pub records_applied: u64,
     pub data_version: u32,
+    /// When the restored state was written: its last change's time (the
+    /// snapshot's when no change was replayed).
+    pub time_unix_ms: u64,
     /// The last change was acknowledged to lightningd, and nothing later in
     /// the journal shows whether lightningd committed it (it crashed or
     /// stopped right after). The restored database includes it.
@@ -243,6 +246,11 @@ pub fn restore(opts: &RestoreOptions, mut progress: impl FnMut(&ReplayProgress))
             base_version: generation.header.base_version,
             records_applied: outcome.applied,
             data_version: outcome.data_version,
+            time_unix_ms: if outcome.applied > 0 {
+                outcome.last_time_unix_ms
+            } else {
+                generation.header.created_unix_ms
+            },
             last_change_unconfirmed: outcome.last_unconfirmed && opts.at.is_none(),
             torn_tail_ignored: outcome.torn_tail.is_some(),
             bytes: std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0),
