@@ -655,8 +655,11 @@ fn a_planted_object_never_counts_as_shipped() {
     node.start_plugin(Path::new(EXE), &[]).unwrap();
     node.init_plugin().unwrap();
     run(&mut node, &mut w, 3);
+    // The status file is rewritten a moment after each change: wait for the
+    // one that shows the newest version acknowledged.
+    let v = node.data_version();
     let st = wait_status(&s, &node, "the acknowledgement", Duration::from_secs(20), |st| {
-        st.remote.as_ref().is_some_and(|r| r.destinations[0].queue_records == 0)
+        st.data_version == Some(v) && st.remote.as_ref().is_some_and(|r| r.destinations[0].queue_records == 0)
     });
     let d = &st.remote.unwrap().destinations[0];
     assert!(d.acked_seq < 99_999_999 && d.acked_data_version == Some(node.data_version()), "{d:?}");
