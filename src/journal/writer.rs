@@ -322,6 +322,10 @@ impl Journal {
         let time_unix_ms = now_unix_ms();
         let mut appended = Appended { generation: 0, seq: 0, disk_bytes: 0 };
         for (i, chunk) in chunks.iter().enumerate() {
+            assert!(
+                self.active.as_ref().is_none_or(|a| !a.unflushed),
+                "a record on the hook's path is written only after every earlier one is flushed"
+            );
             let last = i + 1 == chunks.len();
             let mut flags = if kind == CallKind::Txn { format::FLAG_TXN } else { 0 };
             if !last {
@@ -336,9 +340,14 @@ impl Journal {
                 generation: 0,
                 time_unix_ms,
             };
-            // One flush, after the last chunk: the change is acknowledged
-            // whole or not at all (a switch of segment flushes the one left).
-            let a = self.write_record_then(header, Body::Statements(chunk), last)?;
+            // Each chunk is flushed before the next is written: a reader
+            // takes a damaged record followed by a valid one for acknowledged
+            // data that was lost, which is true only if every record is
+            // durable before the next one is written (with one flush for all
+            // chunks, a power cut can keep a later chunk and lose an earlier
+            // one). The change is acknowledged at its last chunk, so an
+            // incomplete one is an unacknowledged tail.
+            let a = self.write_record_then(header, Body::Statements(chunk), true)?;
             appended = Appended { disk_bytes: appended.disk_bytes + a.disk_bytes, ..a };
         }
         self.tip = tip_after(data_version, kind);

@@ -63,13 +63,20 @@ pub fn db_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes the plugin's configuration into a node directory; `compression`
-/// is the key's value, "zstd" or "off".
+/// is the key's value, "zstd" or "off". Changes are cut into chunk records at
+/// the smallest chunk size the journal takes ([`CHANGE_CHUNK_BYTES`]), so a
+/// change of a few statements is already several records, and power cuts
+/// fall between a change's chunks as well as between changes.
+/// The smallest `change_chunk_bytes` the journal accepts.
+pub const CHANGE_CHUNK_BYTES: u32 = 4096;
+
 pub fn configure(node_dir: &Path, journal: &Path, segment_bytes: u64, compression: &str) {
     std::fs::create_dir_all(node_dir).unwrap();
     std::fs::write(
         node_dir.join("cln-replica.toml"),
         format!(
-            "journal = {journal:?}\nsegment_bytes = {segment_bytes}\nblock_bytes = 4096\ncompression = {compression:?}\n"
+            "journal = {journal:?}\nsegment_bytes = {segment_bytes}\nblock_bytes = 4096\ncompression = {compression:?}\n\
+             change_chunk_bytes = {CHANGE_CHUNK_BYTES}\n"
         ),
     )
     .unwrap();

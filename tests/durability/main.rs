@@ -122,6 +122,7 @@ fn record_run(seed: u64, changes: usize) -> Run {
     let mut w = Workload::new(seed);
     let mut key = 0u64;
     let mut large = 0;
+    let mut chunked = 0;
     for _ in 0..changes {
         key += 1;
         match rng.below(100) {
@@ -155,6 +156,24 @@ fn record_run(seed: u64, changes: usize) -> Run {
                 ln.apply(&w.next_change());
                 ln.start_plugin();
             }
+            // A change of several statements, larger than a chunk: stored as
+            // chunk records that count only together, now and then across a
+            // segment switch.
+            19..=24 => {
+                let statements: Vec<String> = (0..2 + rng.below(5))
+                    .map(|i| {
+                        let bytes = [1500, 3000, 9000][rng.below(3) as usize];
+                        format!(
+                            "INSERT INTO durability_blobs VALUES ({}, x'{}')",
+                            (1 << 20) + key * 16 + i,
+                            hex(&mut rng, bytes)
+                        )
+                    })
+                    .collect();
+                let a = ln.txn(&statements, false);
+                expect_continue(&ln, a, "chunked change");
+                chunked += 1;
+            }
             // A PRAGMA-only call at the current version.
             16..=18 => {
                 let a = ln.in_place("PRAGMA foreign_keys = ON;");
@@ -168,7 +187,9 @@ fn record_run(seed: u64, changes: usize) -> Run {
     }
     ln.stop_plugin();
     // The run exercised the storage its configuration asked for.
-    let compressed = compressed_records(&root.join("journal"));
+    let compressed = count_records(&root.join("journal"), |h| h.is_compressed());
+    let continued = count_records(&root.join("journal"), |h| h.continues());
+    assert!(chunked == 0 || continued > 0, "seed {seed}: {chunked} changes larger than a chunk, none stored in chunks");
     match compression(seed) {
         "zstd" => assert!(large == 0 || compressed > 0, "seed {seed}: {large} large changes, none compressed"),
         _ => assert_eq!(compressed, 0, "seed {seed}: compression is off"),
@@ -178,13 +199,10 @@ fn record_run(seed: u64, changes: usize) -> Run {
     Run { _base: base, log: fault.take_log(), notes, initial_hash }
 }
 
-/// How many records of the journal are stored compressed.
-fn compressed_records(journal: &Path) -> usize {
+/// How many records of the journal match `which`.
+fn count_records(journal: &Path, which: fn(&cln_replica::journal::format::RecordHeader) -> bool) -> usize {
     let gens = cln_replica::journal::reader::generations(journal).unwrap();
-    gens.iter()
-        .flat_map(|g| g.records().map(|r| r.unwrap().header.is_compressed()).collect::<Vec<_>>())
-        .filter(|&z| z)
-        .count()
+    gens.iter().flat_map(|g| g.records().map(|r| which(&r.unwrap().header)).collect::<Vec<_>>()).filter(|&z| z).count()
 }
 
 /// What lightningd had seen when the power went: the states a restore may
