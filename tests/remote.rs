@@ -336,6 +336,48 @@ fn background_shipping_survives_an_outage_and_restarts() {
     assert!(ok.success());
 }
 
+/// A destination that is away while a compaction and retention remove the
+/// local generation it was shipping: when it comes back, it goes on from the
+/// newer generation's base (the removed generation's changes are all in it)
+/// and restores the node, instead of retrying a generation that is gone.
+#[test]
+fn a_generation_retired_before_it_was_shipped_is_skipped_for_the_next_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let (s, key) = setup(&file_destination(&dest), "keep_generations = 1\ncompact_journal_bytes = 0\n");
+    let mut node = start(&s);
+    let mut w = Workload::new(21);
+    run(&mut node, &mut w, 50);
+    wait_caught_up(&s, &node, Duration::from_secs(30));
+    let aside = tmp.path().join("nas-aside");
+    std::fs::rename(&dest, &aside).unwrap();
+    std::fs::write(&dest, b"not a directory").unwrap();
+    run(&mut node, &mut w, 50);
+    let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
+    assert_eq!(answer["result"]["started"], true, "{answer}");
+    // Hooks until the compaction has switched and retention removed generation 1.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.journal.join("gen-0000000001").exists() {
+        assert!(Instant::now() < deadline, "generation 1 still there: {}", replica_status(&mut node));
+        run(&mut node, &mut w, 5);
+    }
+    // A restart in the outage: the new process learns the destination's
+    // position (in generation 1) from its tip when it comes back.
+    let (ok, _) = node.shutdown_plugin().unwrap();
+    assert!(ok.success());
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    std::fs::remove_file(&dest).unwrap();
+    std::fs::rename(&aside, &dest).unwrap();
+    run(&mut node, &mut w, 5);
+    wait_caught_up(&s, &node, Duration::from_secs(90));
+    let restored = restore_from(&s, &format!("file://{}", dest.display()), &key, "after-retention.sqlite3").unwrap();
+    assert_same_as_node(&s, &node, &restored);
+    assert!(node.logs().iter().any(|l| l.contains("removed by retention before it was all shipped")));
+    let (ok, _) = node.shutdown_plugin().unwrap();
+    assert!(ok.success());
+}
+
 /// A channel-state change that no destination acknowledged is refused (halt)
 /// or, with `degrade`, let through with the status flag set.
 #[test]

@@ -221,10 +221,34 @@ impl Worker {
     }
 
     fn step(&mut self) -> Result<Step> {
+        let progress = self.shared.progress.get();
+        if let Some(pos) = &self.pos {
+            if pos.generation < progress.generation {
+                let local = layout::list_generations(&self.journal)?;
+                if !local.contains(&pos.generation) {
+                    // Retention removed the generation before all of it was
+                    // out. Nothing is lost: the next generation's base holds
+                    // every change it had. Only the points in time between
+                    // what was shipped and that base are not at the destination.
+                    let next = local.into_iter().find(|&g| g > pos.generation).unwrap_or(progress.generation);
+                    (self.log)(
+                        "info",
+                        &format!(
+                            "destination {}: local generation {} was removed by retention before it was all \
+                             shipped; going on with generation {next} from its base",
+                            self.name(),
+                            pos.generation
+                        ),
+                    );
+                    self.pending = None;
+                    self.pos = Some(self.open_pos(next, false, 0)?);
+                    return Ok(Step::Shipped { bytes: 0 });
+                }
+            }
+        }
         if let Some((p, attempts)) = self.pending.take() {
             return self.send(p, attempts);
         }
-        let progress = self.shared.progress.get();
         if progress.generation == 0 {
             return Ok(Step::Idle);
         }
