@@ -9,8 +9,11 @@
 //! simulated node does not run SQL here, so only the plugin is measured.
 //!
 //! `--compaction-mib`: the hook's latency during a background compaction.
+//! `--scale-mib`: everything at a mainnet node's size (scale.rs).
 //! `--trace`: the comparison of filter x compression on whole traces
 //! (journal and snapshot bytes, hook latency; src/savings.rs, docs/SAVINGS.md).
+
+mod scale;
 
 use crate::savings::{self, floor_round};
 use crate::sim::{trace, HookOutcome, SimNode};
@@ -36,6 +39,17 @@ pub struct Args {
     /// holds it all as records), against the latency without one
     #[arg(long, value_name = "MIB")]
     compaction_mib: Option<u64>,
+    /// Instead: the plugin and the commands at a mainnet node's size: a
+    /// database of at least this many MiB built without the plugin, then the
+    /// first snapshot's stall, shipping, hooks without and during a
+    /// compaction, restore, verify and a remote restore, each with its peak
+    /// RSS (only the journal is in --dir; the rest under --node-dir)
+    #[arg(long, value_name = "MIB")]
+    scale_mib: Option<u64>,
+    /// With --scale-mib: where the node's database, the mirror and the
+    /// destination go (default: the system's temporary directory)
+    #[arg(long, value_name = "DIR", requires = "scale_mib")]
+    node_dir: Option<PathBuf>,
     /// Instead: replay this trace once per combination of filter {none,
     /// caches} x compression {off, zstd} and compare journal bytes, snapshot
     /// bytes and hook latency. A recorded trace (.jsonl or .jsonl.zst, e.g.
@@ -80,6 +94,20 @@ fn figures(mut v: Vec<u64>) -> Figures {
 pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(mib) = a.compaction_mib {
         return run_compaction(&a, mib);
+    }
+    if let Some(mib) = a.scale_mib {
+        let exe = match &a.plugin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        return scale::run(scale::Options {
+            dir: &a.dir,
+            node_dir: a.node_dir.as_deref(),
+            mib,
+            hooks: a.hooks,
+            exe,
+            json: a.json,
+        });
     }
     if !a.trace.is_empty() {
         return run_traces(&a);
@@ -180,6 +208,57 @@ fn apply_ok(node: &mut SimNode, change: &crate::sim::Change) -> Result<()> {
     }
 }
 
+/// The latencies of `n` hooks of the ordinary workload.
+fn timed_hooks(node: &mut SimNode, w: &mut crate::sim::workload::Workload, n: usize) -> Result<Vec<u64>> {
+    let from = node.hook_latencies_us.len();
+    for _ in 0..n {
+        let c = w.next_change();
+        apply_ok(node, &c)?;
+    }
+    Ok(node.hook_latencies_us[from..].to_vec())
+}
+
+/// Hook latencies without and during one compaction.
+struct CompactionRun {
+    without: Vec<u64>,
+    /// Every hook from `replica-compact` up to and including the one that
+    /// switched generations.
+    during: Vec<u64>,
+    seconds: f64,
+    /// The switch's own time inside the hook that made it.
+    switch_us: u64,
+}
+
+/// Times `hooks` hooks, then starts `replica-compact` and times hooks (20 at
+/// a time between looks at its progress) until the compaction has switched.
+fn hooks_around_compaction(
+    node: &mut SimNode,
+    w: &mut crate::sim::workload::Workload,
+    hooks: usize,
+) -> Result<CompactionRun> {
+    /// A compaction that takes longer than this is reported as a failure.
+    const COMPACTION_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+    let without = timed_hooks(node, w, hooks)?;
+    let started = Instant::now();
+    let answer = node.request("replica-compact", serde_json::json!({}))?.unwrap_or_default();
+    if answer["result"]["started"] != true {
+        bail!("replica-compact: {answer}");
+    }
+    let mut during = vec![];
+    let switch_us = loop {
+        during.extend(timed_hooks(node, w, 20)?);
+        let st = node.request("replica-status", serde_json::json!({}))?.unwrap_or_default();
+        let c = &st["result"]["compaction"];
+        if c["compactions"].as_u64().unwrap_or(0) >= 1 {
+            break c["last_switch_us"].as_u64().unwrap_or(0);
+        }
+        if started.elapsed() > COMPACTION_WAIT_MAX {
+            bail!("the compaction did not finish within {COMPACTION_WAIT_MAX:?}");
+        }
+    };
+    Ok(CompactionRun { without, during, seconds: started.elapsed().as_secs_f64(), switch_us })
+}
+
 /// `bench --compaction-mib N`: a database of about N MiB is built through the
 /// plugin (so the journal's current generation holds it all as records); then
 /// hooks of the ordinary workload are timed, first with no compaction, then
@@ -222,37 +301,9 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     let db_bytes = std::fs::metadata(&db_path)?.len();
     let build_s = built.elapsed().as_secs_f64();
 
-    let timed = |node: &mut SimNode, w: &mut Workload, n: usize| -> Result<Vec<u64>> {
-        let from = node.hook_latencies_us.len();
-        for _ in 0..n {
-            let c = w.next_change();
-            apply_ok(node, &c)?;
-        }
-        Ok(node.hook_latencies_us[from..].to_vec())
-    };
-    let baseline = timed(&mut node, &mut w, a.hooks)?;
-    let started = Instant::now();
-    let answer = node.request("replica-compact", serde_json::json!({}))?.unwrap_or_default();
-    if answer["result"]["started"] != true {
-        bail!("replica-compact: {answer}");
-    }
-    let mut during = vec![];
-    let compaction = |node: &mut SimNode| -> Result<serde_json::Value> {
-        let st = node.request("replica-status", serde_json::json!({}))?.unwrap_or_default();
-        Ok(st["result"]["compaction"].clone())
-    };
-    let switch_us = loop {
-        during.extend(timed(&mut node, &mut w, 20)?);
-        let c = compaction(&mut node)?;
-        if c["compactions"].as_u64().unwrap_or(0) >= 1 {
-            break c["last_switch_us"].as_u64().unwrap_or(0);
-        }
-        if started.elapsed().as_secs() > 3600 {
-            bail!("the compaction did not finish within an hour");
-        }
-    };
-    let compaction_s = started.elapsed().as_secs_f64();
-    let after = timed(&mut node, &mut w, a.hooks.min(500))?;
+    let CompactionRun { without: baseline, during, seconds: compaction_s, switch_us } =
+        hooks_around_compaction(&mut node, &mut w, a.hooks)?;
+    let after = timed_hooks(&mut node, &mut w, a.hooks.min(500))?;
     node.shutdown_plugin()?;
     let (baseline, during_f, after) = (figures(baseline), figures(during.clone()), figures(after));
     let ratio = during_f.p99_us as f64 / baseline.p99_us.max(1) as f64;

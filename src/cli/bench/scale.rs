@@ -1,0 +1,292 @@
+//! `cln-replica bench --scale-mib N`: the plugin and every command at a
+//! mainnet node's size, in one run.
+//!
+//! An N MiB CLN-shaped database (the recorded schema, the ordinary workload,
+//! and incompressible 32 KiB blobs in `datastore`) is built WITHOUT the
+//! plugin, as on a node that ran before it was installed. Then the plugin
+//! starts on it with everything on (journal in `--dir`, the mirror, a
+//! `file://` destination, encryption), and the run measures:
+//! - the first hook, which takes the generation's snapshot while lightningd
+//!   waits (the stall an operator sees when installing the plugin);
+//! - the time until the destination holds the newest version (the base and
+//!   the records after it, shipped in the background);
+//! - hook p50/p99 without and during a compaction of the whole database;
+//! - `restore` from the journal, `verify`, and `restore --from` the
+//!   destination: wall time and peak RSS of each;
+//! - the plugin's peak RSS over the whole run.
+//!
+//! The database, mirror and destination live in a temporary directory under
+//! `--node-dir` (default: the system's temporary directory); only the journal
+//! is on `--dir`, the backup device. scripts/scale-bench runs this on a
+//! loop-mounted ext4, also throttled to a USB stick's speed.
+
+use super::{apply_ok, figures, hooks_around_compaction, Figures};
+use crate::sim::workload::Workload;
+use crate::sim::SimNode;
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the destination may take to catch up before the run gives up.
+const SHIP_WAIT_MAX: Duration = Duration::from_secs(3600);
+/// How often the run asks the plugin whether the destination caught up.
+const SHIP_POLL: Duration = Duration::from_millis(200);
+
+pub struct Options<'a> {
+    pub dir: &'a Path,
+    pub node_dir: Option<&'a Path>,
+    pub mib: u64,
+    pub hooks: usize,
+    pub exe: PathBuf,
+    pub json: bool,
+}
+
+/// A command's wall time and peak resident set.
+#[derive(Debug, serde::Serialize)]
+struct Run {
+    seconds: f64,
+    peak_rss_kib: u64,
+}
+
+/// Runs `exe args`, waits for it with wait4 (its own rusage, not that of
+/// every child so far), and fails with its output if it fails.
+fn measured(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<Run> {
+    let started = Instant::now();
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.expect("piped");
+    // The command's error output is small; read it before waiting so a
+    // chatty failure cannot block on a full pipe.
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).ok();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own unwaited child; both pointers are valid.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r != pid {
+        bail!("wait4 on {}: {}", exe.display(), std::io::Error::last_os_error());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let status = std::process::ExitStatus::from_raw(status);
+    if !status.success() {
+        bail!("{} {:?} failed ({status}): {err}", exe.display(), args);
+    }
+    Ok(Run { seconds, peak_rss_kib: usage.ru_maxrss as u64 })
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until every destination holds `version`; returns how long it took.
+fn until_shipped(node: &mut SimNode, version: u32) -> Result<f64> {
+    let started = Instant::now();
+    loop {
+        let st = node.request("replica-status", serde_json::json!({}))?.unwrap_or_default();
+        let dests = st["result"]["remote"]["destinations"].as_array().cloned().unwrap_or_default();
+        if !dests.is_empty() && dests.iter().all(|d| d["acked_data_version"].as_u64() == Some(u64::from(version))) {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > SHIP_WAIT_MAX {
+            let logs = node.logs();
+            let recent = &logs[logs.len().saturating_sub(20)..];
+            bail!(
+                "the destination did not reach data_version {version} within {SHIP_WAIT_MAX:?}: {st}\n{}",
+                recent.join("\n")
+            );
+        }
+        std::thread::sleep(SHIP_POLL);
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub fn run(o: Options) -> Result<ExitCode> {
+    let journal_work =
+        tempfile::Builder::new().prefix("cln-replica-scale").tempdir_in(o.dir).context("cannot work in --dir")?;
+    let node_work = match o.node_dir {
+        Some(d) => tempfile::Builder::new().prefix("cln-replica-scale-node").tempdir_in(d),
+        None => tempfile::Builder::new().prefix("cln-replica-scale-node").tempdir(),
+    }
+    .context("cannot create the node's temporary directory")?;
+    // The plugin runs in the node's directory: every path must be absolute.
+    let journal = std::fs::canonicalize(journal_work.path())?.join("journal");
+    let base = std::fs::canonicalize(node_work.path())?;
+    let node_dir = base.join("node");
+    let dest = base.join("destination");
+    let key = base.join("replica.key");
+    let mirror = base.join("mirror.sqlite3");
+    std::fs::create_dir_all(&node_dir)?;
+    crate::remote::crypto::Key::generate()?.write_new_file(&key)?;
+
+    // The node ran before the plugin: its database is built unseen.
+    let built = Instant::now();
+    let mut node = SimNode::open(&node_dir)?;
+    for c in Workload::schema() {
+        apply_ok(&mut node, &c)?;
+    }
+    let mut w = Workload::new(1);
+    let db_path = crate::sim::node::database_path(&node_dir);
+    const BIG_CHANGE_BYTES: usize = 4 << 20;
+    while std::fs::metadata(&db_path)?.len() < o.mib << 20 {
+        let c = w.big_change(BIG_CHANGE_BYTES);
+        apply_ok(&mut node, &c)?;
+    }
+    for _ in 0..200 {
+        let c = w.next_change();
+        apply_ok(&mut node, &c)?;
+    }
+    let db_bytes = std::fs::metadata(&db_path)?.len();
+    let build_s = built.elapsed().as_secs_f64();
+
+    let mut cfg = super::super::demo::write_config(&node_dir, &journal)?;
+    cfg.compact_journal_bytes = 0;
+    cfg.keep_generations = 1;
+    cfg.key_file = Some(key.clone());
+    cfg.mirror = Some(mirror.clone());
+    let mut text = cfg.to_toml()?;
+    text.push_str(&format!(
+        "[[destination]]\nurl = \"file://{}\"\nupload_bytes_per_s_max = 1073741824\n",
+        dest.display()
+    ));
+    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), text)?;
+
+    node.start_plugin(&o.exe, &[])?;
+    node.init_plugin()?;
+    let pid = node.plugin_pid().context("the plugin has no pid")?;
+    // The first hook finds no journal for this database: it takes the
+    // snapshot before it answers.
+    let c = w.next_change();
+    apply_ok(&mut node, &c)?;
+    let first_hook_s = *node.hook_latencies_us.last().context("no hook was timed")? as f64 / 1e6;
+    let after_snapshot_kib = vm_hwm_kib(pid).unwrap_or(0);
+    let version = node.data_version();
+    let ship_s = until_shipped(&mut node, version)?;
+
+    let c = hooks_around_compaction(&mut node, &mut w, o.hooks)?;
+    let version = node.data_version();
+    let ship_after_compaction_s = until_shipped(&mut node, version)?;
+    let plugin_peak_kib = vm_hwm_kib(pid).unwrap_or(0);
+    let (exit, _) = node.shutdown_plugin()?;
+    if !exit.success() {
+        bail!("the plugin exited {exit}: {}", node.logs().join("\n"));
+    }
+    drop(node);
+
+    let restored = base.join("restored.sqlite3");
+    let from_remote = base.join("from-remote.sqlite3");
+    let restore = measured(
+        &o.exe,
+        &["restore".as_ref(), "--from".as_ref(), journal.as_os_str(), "--to".as_ref(), restored.as_os_str()],
+    )?;
+    let verify = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
+    let url = format!("file://{}", dest.display());
+    let remote_restore = measured(
+        &o.exe,
+        &[
+            "restore".as_ref(),
+            "--from".as_ref(),
+            url.as_ref(),
+            "--key-file".as_ref(),
+            key.as_os_str(),
+            "--to".as_ref(),
+            from_remote.as_os_str(),
+        ],
+    )?;
+    let same = crate::dbcompare::compare_files(&db_path, &restored)?.is_empty()
+        && crate::dbcompare::compare_files(&db_path, &from_remote)?.is_empty()
+        && crate::dbcompare::compare_files(&db_path, &mirror)?.is_empty();
+    if !same {
+        bail!("a restored database or the mirror differs from the node's");
+    }
+    let (without, during) = (figures(c.without), figures(c.during));
+    let ratio = during.p99_us as f64 / without.p99_us.max(1) as f64;
+    let report = Report {
+        database_bytes: db_bytes,
+        build_seconds: build_s,
+        first_hook_seconds: first_hook_s,
+        ship_seconds: ship_s,
+        ship_after_compaction_seconds: ship_after_compaction_s,
+        compaction_seconds: c.seconds,
+        switch_us: c.switch_us,
+        without_compaction: without,
+        during_compaction: during,
+        p99_ratio: ratio,
+        plugin_peak_rss_kib: plugin_peak_kib,
+        plugin_rss_after_snapshot_kib: after_snapshot_kib,
+        restore,
+        verify,
+        remote_restore,
+    };
+    if o.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = &report;
+    println!(
+        "cln-replica bench --scale-mib {}: database {} (built without the plugin in {:.1} s), journal in {}",
+        o.mib,
+        super::super::bytes(db_bytes),
+        r.build_seconds,
+        o.dir.display()
+    );
+    println!("  first hook (the snapshot, lightningd waiting): {:>8.2} s", r.first_hook_seconds);
+    println!("  destination caught up after it:                {:>8.2} s", r.ship_seconds);
+    println!(
+        "  hooks without compaction:  p50 {:>6} us  p99 {:>6} us  max {:>8} us",
+        r.without_compaction.p50_us, r.without_compaction.p99_us, r.without_compaction.max_us
+    );
+    println!(
+        "  hooks during compaction:   p50 {:>6} us  p99 {:>6} us  max {:>8} us  ({:.1} s; switch {} us)",
+        r.during_compaction.p50_us,
+        r.during_compaction.p99_us,
+        r.during_compaction.max_us,
+        r.compaction_seconds,
+        r.switch_us
+    );
+    println!("  p99 during / p99 without = {:.2}", r.p99_ratio);
+    println!("  destination caught up after the compaction:   {:>8.2} s", r.ship_after_compaction_seconds);
+    println!(
+        "  plugin peak RSS: {:.1} MiB ({:.1} MiB after the snapshot)",
+        mib(r.plugin_peak_rss_kib),
+        mib(r.plugin_rss_after_snapshot_kib)
+    );
+    for (what, run) in
+        [("restore (journal)", &r.restore), ("verify", &r.verify), ("restore --from file://", &r.remote_restore)]
+    {
+        println!("  {what:<24} {:>8.2} s  peak RSS {:>7.1} MiB", run.seconds, mib(run.peak_rss_kib));
+    }
+    println!("  the restores and the mirror equal the node's database");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    database_bytes: u64,
+    build_seconds: f64,
+    first_hook_seconds: f64,
+    ship_seconds: f64,
+    ship_after_compaction_seconds: f64,
+    compaction_seconds: f64,
+    switch_us: u64,
+    without_compaction: Figures,
+    during_compaction: Figures,
+    p99_ratio: f64,
+    plugin_peak_rss_kib: u64,
+    plugin_rss_after_snapshot_kib: u64,
+    restore: Run,
+    verify: Run,
+    remote_restore: Run,
+}
