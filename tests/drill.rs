@@ -261,3 +261,70 @@ fn a_destination_copied_earlier_is_behind_by_the_versions_it_lacks() {
     let r = d.result();
     assert!(r.ok && r.destinations[1].outcome == Outcome::Behind, "{r:?}");
 }
+
+/// Peak RSS of `args` run under `/usr/bin/time -v`, in KiB, with its output.
+fn peak_rss_kib(args: &[&str], tmpdir: &Path) -> (u64, Output) {
+    let o = Command::new("/usr/bin/time").arg("-v").arg(EXE).args(args).env("TMPDIR", tmpdir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let kib = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no figure from /usr/bin/time: {}", text(&o)));
+    (kib, o)
+}
+
+/// A measurement, not an assertion: the drill's peak RSS on a ~100 MiB
+/// database (a 100 MiB snapshot at the destination, streamed back), beside
+/// `restore --from URL` and `verify` of the same journal in the same run.
+/// `cargo test --profile ci --test drill -- --ignored --nocapture`
+/// (CLN_REPLICA_DRILL_MIB sets the size).
+#[test]
+#[ignore]
+fn drill_peak_rss_on_a_large_database() {
+    let mib: usize = std::env::var("CLN_REPLICA_DRILL_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let d = Drill::new();
+    let conf = d.s.node_dir.join("cln-replica.toml");
+    // Background shipping, not rate-limited: the base goes out at once.
+    let text_conf = std::fs::read_to_string(&conf).unwrap().replace("remote_sync = \"all\"\n", "")
+        + "upload_bytes_per_s_max = 1073741824\n";
+    std::fs::write(&conf, text_conf).unwrap();
+    // The database grows without the plugin; its first hook snapshots it.
+    let mut node = d.s.node();
+    for c in Workload::schema() {
+        node.apply(&c).unwrap();
+    }
+    let mut w = Workload::new(9);
+    // SQL text holds blobs in hex: twice the bytes they take in the database.
+    for _ in 0..4 {
+        node.apply(&w.big_change(mib << 19)).unwrap();
+    }
+    node.start_plugin(Path::new(EXE), &[]).unwrap();
+    node.init_plugin().unwrap();
+    run(&mut node, &mut w, 20);
+    let (st, _) = node.shutdown_plugin().unwrap();
+    assert!(st.success());
+    let db_bytes = std::fs::metadata(d.s.node_dir.join("lightningd.sqlite3")).unwrap().len();
+    let (drill_kib, o) =
+        peak_rss_kib(&["drill", "--config", conf.to_str().unwrap(), "--max-behind-secs", "1000000"], &d.work);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = d.result();
+    assert!(r.destinations[0].outcome != Outcome::Failed, "{r:?}");
+    let to = d.s.path("restored.sqlite3");
+    let (restore_kib, o) = peak_rss_kib(
+        &["restore", "--from", &url(&d.nas), "--to", to.to_str().unwrap(), "--key-file", d.key.to_str().unwrap()],
+        &d.work,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (verify_kib, o) = peak_rss_kib(&["verify", "--from", d.s.journal.to_str().unwrap()], &d.work);
+    assert!(o.status.success(), "{}", text(&o));
+    println!(
+        "database {:.1} MiB: drill peak RSS {:.1} MiB (destination {:?}); same run: restore --from URL {:.1} MiB, \
+         verify {:.1} MiB",
+        db_bytes as f64 / 1048576.0,
+        drill_kib as f64 / 1024.0,
+        r.destinations[0].outcome,
+        restore_kib as f64 / 1024.0,
+        verify_kib as f64 / 1024.0
+    );
+}
