@@ -3,7 +3,8 @@
 # filesystem being built (--root DIR: image/build, or pi-gen with
 # "$ROOTFS_DIR"): the binary, the systemd units and drop-ins, the panel's user
 # and its polkit rule, example configurations (never overwriting existing
-# ones), the udev rule, and enables the backup mount and the panel.
+# ones), the udev rule, and enables the backup mount, the panel and the
+# daily restore drill's timer.
 # lightningd's own unit and config are the system's business: this adds the
 # drop-ins, and prints the lines lightningd's config needs.
 #   usage: install.sh --binary PATH [--root DIR] [--user NAME]
@@ -64,6 +65,8 @@ inst 0644 "$repo/systemd/lightningd.service.d/cln-replica.conf" $unit_dir/lightn
 inst 0644 "$here/99-cln-replica-gpio.rules" etc/udev/rules.d/99-cln-replica-gpio.rules
 inst 0644 "$here/polkit/60-cln-replica-panel.rules" etc/polkit-1/rules.d/60-cln-replica-panel.rules
 inst 0644 "$repo/docs/PANEL.md" usr/local/share/doc/cln-replica/PANEL.md
+inst 0644 "$repo/docs/DRILL.md" usr/local/share/doc/cln-replica/DRILL.md
+inst 0644 "$repo/systemd/cln-replica-drill.timer" $unit_dir/cln-replica-drill.timer
 
 # The panel's own user: in the gpio group (the udev rule gives it the chips)
 # and in lightningd's group (the RPC socket and the status file's directory
@@ -116,7 +119,14 @@ DROPIN
 echo "installed $unit_dir/lightningd.service.d/cln-replica-journal.conf"
 mkdir -p "$root/mnt/lnbackup"
 
-systemctl --root="$root" enable mnt-lnbackup.mount cln-replica-panel.service
+# The daily restore drill runs as lightningd's user, on its network directory.
+sed -e "s#^User=.*#User=$user#" -e "s#^Group=.*#Group=$group#" \
+    -e "s#--lightning-dir [^ ]*#--lightning-dir $lightning_dir#" \
+    "$repo/systemd/cln-replica-drill.service" >"$root/$unit_dir/cln-replica-drill.service"
+chmod 0644 "$root/$unit_dir/cln-replica-drill.service"
+echo "installed $unit_dir/cln-replica-drill.service (User=$user, --lightning-dir $lightning_dir)"
+
+systemctl --root="$root" enable mnt-lnbackup.mount cln-replica-panel.service cln-replica-drill.timer
 cat <<MSG
 Done. Add to lightningd's config (${lightning_dir%/*}/config):
 $(grep -v '^#' "$here/lightningd.conf.snippet" | sed "s#^rpc-file=.*#rpc-file=$rpc_file#")

@@ -51,6 +51,11 @@ pub struct Config {
     /// Where the plugin publishes its status as JSON (atomically replaced).
     #[serde(default)]
     pub status_file: Option<PathBuf>,
+    /// Where `cln-replica drill` writes its result as JSON (default:
+    /// `drill-result.json` beside `status_file`; relative to this file's
+    /// directory unless absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_result_file: Option<PathBuf>,
     /// Retention: how many generations to keep (at least 1). An older
     /// generation is removed only once a newer one is durable; `restore --at`
     /// and `--before` reach back across the generations kept.
@@ -196,6 +201,7 @@ impl Config {
             segment_bytes: default_segment_bytes(),
             shutdown_quiet_ms: default_shutdown_quiet_ms(),
             status_file: None,
+            drill_result_file: None,
             on_device_lost: DeviceLostPolicy::Halt,
             filter: Filter::None,
             compression: Compression::default(),
@@ -306,6 +312,9 @@ impl Config {
         }
         if c.database.is_relative() {
             c.database = network_dir.join(&c.database);
+        }
+        if let Some(d) = c.drill_result_file.as_mut().filter(|d| d.is_relative()) {
+            *d = base.join(&*d);
         }
         if let Some(k) = c.key_file.as_mut().filter(|k| k.is_relative()) {
             *k = base.join(&*k);

@@ -7,7 +7,7 @@
 //! - [`journal`]: the on-disk journal (format, writer, reader);
 //! - [`device`]: the I/O trait everything durable goes through;
 //! - [`snapshot`], [`replay`], [`restore`], [`verify`], [`inventory`]: the
-//!   way in and the way back out;
+//!   way in and the way back out; [`drill`], a restore from every destination, on a schedule;
 //! - [`compact`], compaction (a new generation rolled up from the previous one)
 //!   and retention; [`mirror`], a bootable second database fed from the journal;
 //! - [`remote`]: encrypted replication to S3, SFTP and file destinations;
@@ -22,6 +22,7 @@ pub mod config;
 pub mod crashpoint;
 pub mod dbcompare;
 pub mod device;
+pub mod drill;
 pub mod files;
 pub mod filter;
 pub mod inventory;

@@ -31,6 +31,9 @@ pub struct GenerationCheck {
     pub records: u64,
     /// The newest data_version stored (possibly unconfirmed).
     pub last_version: u32,
+    /// When the newest record was written (the base's creation time when
+    /// the generation holds none).
+    pub last_time_unix_ms: u64,
     pub torn_tail: Option<String>,
 }
 
@@ -63,6 +66,7 @@ fn check_generation(g: &Generation, problems: &mut Vec<Problem>) -> GenerationCh
         base_version: g.header.base_version,
         records: 0,
         last_version: g.header.base_version,
+        last_time_unix_ms: g.header.created_unix_ms,
         torn_tail: None,
     };
     match file_crc32c(&g.snapshot_path()) {
@@ -97,6 +101,7 @@ fn check_generation(g: &Generation, problems: &mut Vec<Problem>) -> GenerationCh
     check.records = cursor.records_read();
     if let Some(h) = cursor.last() {
         check.last_version = h.data_version;
+        check.last_time_unix_ms = h.time_unix_ms;
     }
     check.torn_tail = torn.map(|loc| loc.to_string());
     if let Some(pending) = cursor.finish() {
@@ -157,6 +162,12 @@ fn at(g: &Generation, rec: &Record, detail: String) -> Problem {
 /// Verifies the journal at `from`. `Err` only for a journal that cannot be
 /// read at all; everything else is a [`Problem`] in the report.
 pub fn verify(from: &Path, replay_newest: bool) -> Result<VerifyReport> {
+    verify_in(from, replay_newest, &std::env::temp_dir())
+}
+
+/// [`verify`], replaying the newest generation in a temporary directory
+/// made inside `scratch` (the drill keeps all its files in one place).
+pub fn verify_in(from: &Path, replay_newest: bool, scratch: &Path) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let listed = crate::journal::reader::generations_each(from)?;
     if listed.is_empty() {
@@ -218,7 +229,7 @@ pub fn verify(from: &Path, replay_newest: bool) -> Result<VerifyReport> {
     }
     if replay_newest && report.problems.is_empty() {
         if let Some(newest) = generations.last() {
-            match replay_into_temp(newest) {
+            match replay_into_temp(newest, scratch) {
                 Ok(v) => report.replayed_to = Some(v),
                 Err(e) => {
                     report.problems.push(problem(Some(newest.number), None, None, format!("replay failed: {e:#}")))
@@ -229,8 +240,8 @@ pub fn verify(from: &Path, replay_newest: bool) -> Result<VerifyReport> {
     Ok(report)
 }
 
-fn replay_into_temp(g: &Generation) -> Result<u32> {
-    let dir = tempfile::tempdir()?;
+fn replay_into_temp(g: &Generation, scratch: &Path) -> Result<u32> {
+    let dir = tempfile::Builder::new().prefix(".cln-replica-verify-").tempdir_in(scratch)?;
     let path = dir.path().join("verify.sqlite3");
     replay::copy_snapshot(g, &path)?;
     let conn = replay::open_for_replay(&path)?;

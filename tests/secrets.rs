@@ -156,3 +156,36 @@ fn a_value_under_a_mistyped_key_is_never_shown() {
         assert_secret_absent("status --config", &format!("{o:?}"));
     }
 }
+
+/// The drill's output and its result file, for destinations holding a
+/// secret in the table, in a URL and as an SFTP password, each failing.
+#[test]
+fn the_drill_never_shows_a_secret() {
+    let s = Setup::new(&format!(
+        "key_file = \"k\"\nstatus_file = {:?}\n\
+         [[destination]]\nurl = \"s3://bucket/a\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         access_key_id = \"AKIAEXAMPLE\"\nsecret_access_key = \"{SECRET}\"\n\
+         [[destination]]\nurl = \"s3://bucket/b?endpoint=http://127.0.0.1:9&access_key_id=A&secret_access_key={SECRET}\"\n\
+         [[destination]]\nurl = \"sftp://bob:{SECRET}@127.0.0.1:9/backups\"\n",
+        std::env::temp_dir().join("unused-status.json")
+    ));
+    Key::generate().unwrap().write_new_file(&s.node_dir.join("k")).unwrap();
+    let result = s.path("drill-result.json");
+    for json in [false, true] {
+        let mut cmd = Command::new(EXE);
+        cmd.args(["drill", "--lightning-dir"]).arg(&s.node_dir).arg("--result").arg(&result);
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        let all = format!("{o:?}\n{}", std::fs::read_to_string(&result).unwrap());
+        assert_secret_absent("drill", &all);
+        let r = cln_replica::drill::read_result(&result).unwrap();
+        assert_eq!(r.destinations.len(), 3);
+        for d in &r.destinations {
+            assert_eq!(d.outcome, cln_replica::drill::Outcome::Failed, "{d:?}");
+        }
+        assert_failed("drill", &all, "sftp://bob@127.0.0.1:9/backups");
+    }
+}

@@ -72,7 +72,7 @@ if [ -e /dev/gpiochip0 ]; then
 fi
 
 # systemd-analyze security for every unit the image adds.
-units="lightningd.service cln-replica-panel.service"
+units="lightningd.service cln-replica-panel.service cln-replica-drill.service"
 systemd-analyze security --no-pager $units >$record/security-summary.txt 2>&1
 for u in $units; do
     systemd-analyze security --no-pager "$u" >"$record/security-$u.txt" 2>&1
@@ -90,7 +90,8 @@ panel_score=$(sed -n 's/.*Overall exposure level for cln-replica-panel.service: 
 [ -n "$panel_score" ] && awk -v s="$panel_score" 'BEGIN { exit !(s < 1.7) }' &&
     pass "the panel's exposure score $panel_score is below 1.7" || fail "the panel's exposure score is ${panel_score:-unknown}"
 verify=$(systemd-analyze verify /etc/systemd/system/cln-replica-panel.service /etc/systemd/system/lightningd.service \
-    /etc/systemd/system/mnt-lnbackup.mount 2>&1)
+    /etc/systemd/system/mnt-lnbackup.mount /etc/systemd/system/cln-replica-drill.service \
+    /etc/systemd/system/cln-replica-drill.timer 2>&1)
 [ -z "$verify" ] && pass "systemd-analyze verify: the installed units are clean" || fail "systemd-analyze verify: $verify"
 
 if [ "$mode" = missing ]; then

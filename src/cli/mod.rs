@@ -5,6 +5,7 @@ mod bench;
 mod compact;
 #[cfg(feature = "lab")]
 mod demo;
+mod drill;
 mod init;
 mod keygen;
 #[cfg(feature = "panel")]
@@ -41,6 +42,7 @@ enum Command {
     Verify(verify::Args),
     Status(status::Args),
     Compact(compact::Args),
+    Drill(drill::Args),
     #[cfg(feature = "lab")]
     Demo(demo::Args),
     #[cfg(feature = "lab")]
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
         Command::Compact(a) => compact::run(a),
+        Command::Drill(a) => drill::run(a),
         #[cfg(feature = "lab")]
         Command::Demo(a) => demo::run(a),
         #[cfg(feature = "lab")]

@@ -72,9 +72,15 @@ impl DestinationConfig {
     /// The name in logs and status: never carries a query string (which may
     /// hold options) nor a password.
     pub fn display_name(&self) -> String {
-        if let Some(n) = &self.name {
-            return n.clone();
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self.redacted_url(),
         }
+    }
+
+    /// The URL without its query string (which may hold options) and
+    /// without a password.
+    pub fn redacted_url(&self) -> String {
         let base = self.url.split('?').next().unwrap_or("");
         match base.split_once("://") {
             Some((scheme, rest)) => match rest.split_once('@') {
@@ -182,6 +188,8 @@ mod tests {
     fn names_never_show_secrets() {
         let mut d = DestinationConfig::new("sftp://bob:pw@host:22/p?key=/k");
         assert_eq!(d.display_name(), "sftp://bob@host:22/p");
+        d.name = Some("nas".into());
+        assert_eq!((d.display_name().as_str(), d.redacted_url().as_str()), ("nas", "sftp://bob@host:22/p"));
         d.secret_access_key = Some(Secret("hunter2".into()));
         assert!(!format!("{d:?}").contains("hunter2"));
         assert_eq!(d.option("key").as_deref(), Some("/k"));
