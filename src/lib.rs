@@ -24,6 +24,7 @@ pub mod dbcompare;
 pub mod device;
 pub mod files;
 pub mod filter;
+pub mod health;
 pub mod inventory;
 pub mod journal;
 pub mod mirror;
