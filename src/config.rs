@@ -279,7 +279,9 @@ impl Config {
             bail!("warn_free_percent must be between 0 (off) and 99");
         }
         if self.metrics_file.as_ref().is_some_and(|m| m.as_os_str().is_empty()) {
-            bail!("`metrics_file` is empty: name the file (e.g. node_exporter's textfile directory), or remove the line");
+            bail!(
+                "`metrics_file` is empty: name the file (e.g. node_exporter's textfile directory), or remove the line"
+            );
         }
         if let Some(argv) = &self.on_alert {
             match argv.first() {

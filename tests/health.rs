@@ -175,7 +175,8 @@ fn on_alert_gets_each_transition_in_env_and_arguments() {
     let bump = format!("UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = {}", v - 6);
     let why = refusal(node.hook(v - 5, &[bump]).unwrap());
     assert!(why.contains("already holds data_version"), "{why}");
-    let line = wait_for("the halted alert", || read().lines().find(|l| l.starts_with("halted raised")).map(String::from));
+    let line =
+        wait_for("the halted alert", || read().lines().find(|l| l.starts_with("halted raised")).map(String::from));
     assert!(line.contains("args: <--node> <test node> <halted> <raised> <"), "{line}");
     // The description is fixed words: never the refusal's text.
     assert!(!line.contains(&why), "{line}");

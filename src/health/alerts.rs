@@ -221,9 +221,9 @@ mod tests {
         let t = c.observe(&s);
         assert_eq!(t.len(), 2);
         assert!(t.iter().all(|t| !t.description.contains("secret")));
-        assert_eq!(t.iter().map(|t| (t.condition.name(), t.state())).collect::<Vec<_>>(), [
-            ("halted", "raised"),
-            ("device-nearly-full", "cleared")
-        ]);
+        assert_eq!(
+            t.iter().map(|t| (t.condition.name(), t.state())).collect::<Vec<_>>(),
+            [("halted", "raised"), ("device-nearly-full", "cleared")]
+        );
     }
 }

@@ -70,9 +70,12 @@ impl DeviceHealth {
         );
         match (self.growth_bytes_per_day, self.days_left) {
             (Some(rate), Some(days)) => {
-                s += &format!(", {days:.1} days left at the journal's growth of {:.1} MiB/day", rate / (1024.0 * 1024.0))
+                s +=
+                    &format!(", {days:.1} days left at the journal's growth of {:.1} MiB/day", rate / (1024.0 * 1024.0))
             }
-            (Some(rate), None) => s += &format!(", the journal's net growth is {:.1} MiB/day", rate / (1024.0 * 1024.0)),
+            (Some(rate), None) => {
+                s += &format!(", the journal's net growth is {:.1} MiB/day", rate / (1024.0 * 1024.0))
+            }
             (None, _) => s += ", growth rate not known yet",
         }
         s

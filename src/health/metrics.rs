@@ -168,18 +168,27 @@ fn remote(t: &mut Text, s: &PluginStatus) {
     let Some(r) = &s.remote else { return };
     t.gauge("cln_replica_remote_lagging", "1 while any destination lags or fails.", r.lagging as u8 as f64);
     t.gauge("cln_replica_remote_degraded", "1 after the synchronous tier fell back.", r.degraded as u8 as f64);
-    let per = |t: &mut Text, name: &str, kind: &str, help: &str, v: &dyn Fn(&crate::remote::DestinationStatus) -> f64| {
-        t.family(name, kind, help);
-        for d in &r.destinations {
-            t.sample(name, &format!("destination=\"{}\"", label(&d.name)), v(d));
-        }
-    };
-    per(t, "cln_replica_destination_lag_seconds", "gauge", "How far behind the local journal, in journal time.", &|d| {
-        seconds(d.lag_ms)
-    });
-    per(t, "cln_replica_destination_queue_records", "gauge", "Records in the journal not yet at the destination.", &|d| {
-        d.queue_records as f64
-    });
+    let per =
+        |t: &mut Text, name: &str, kind: &str, help: &str, v: &dyn Fn(&crate::remote::DestinationStatus) -> f64| {
+            t.family(name, kind, help);
+            for d in &r.destinations {
+                t.sample(name, &format!("destination=\"{}\"", label(&d.name)), v(d));
+            }
+        };
+    per(
+        t,
+        "cln_replica_destination_lag_seconds",
+        "gauge",
+        "How far behind the local journal, in journal time.",
+        &|d| seconds(d.lag_ms),
+    );
+    per(
+        t,
+        "cln_replica_destination_queue_records",
+        "gauge",
+        "Records in the journal not yet at the destination.",
+        &|d| d.queue_records as f64,
+    );
     per(t, "cln_replica_destination_lagging", "gauge", "1 while behind by more than remote_lag_ms or failing.", &|d| {
         d.lagging as u8 as f64
     });
