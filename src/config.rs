@@ -96,6 +96,21 @@ pub struct Config {
     /// reader then holds a bounded part of a change of any size.
     #[serde(default = "default_change_chunk_bytes")]
     pub change_chunk_bytes: u32,
+    /// Warn (log, status, panel, on_alert) when the backup device fills in
+    /// fewer than this many days at the journal's growth rate (0: never).
+    #[serde(default = "default_warn_days_left")]
+    pub warn_days_left: u32,
+    /// ...or has less than this percentage of its space free (0: never).
+    #[serde(default = "default_warn_free_percent")]
+    pub warn_free_percent: u32,
+    /// Where the plugin writes its metrics in the Prometheus text format
+    /// (relative to this file's directory unless absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_file: Option<PathBuf>,
+    /// A command (absolute path, then arguments; no shell) run when a
+    /// condition is raised or cleared (docs/METRICS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_alert: Option<Vec<String>>,
     /// Remote destinations (docs/REMOTE.md): the key everything is encrypted
     /// with, from a key file (relative to this file's directory)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +146,9 @@ pub struct Config {
     #[serde(default, rename = "destination", skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<DestinationConfig>,
 }
+
+/// The most `warn_days_left` may be (ten years).
+pub const WARN_DAYS_LEFT_MAX: u32 = 3650;
 
 /// `on_device_lost`: what a failed or vanished backup device does to lightningd.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +207,12 @@ fn default_remote_drain_ms() -> u64 {
 fn default_remote_retain_generations() -> u64 {
     2
 }
+fn default_warn_days_left() -> u32 {
+    7
+}
+fn default_warn_free_percent() -> u32 {
+    10
+}
 
 impl Config {
     /// A configuration with defaults for everything but the journal.
@@ -222,6 +246,10 @@ impl Config {
             remote_drain_ms: default_remote_drain_ms(),
             remote_retain_generations: default_remote_retain_generations(),
             destinations: vec![],
+            warn_days_left: default_warn_days_left(),
+            warn_free_percent: default_warn_free_percent(),
+            metrics_file: None,
+            on_alert: None,
         }
     }
 
@@ -245,7 +273,32 @@ impl Config {
         if self.shutdown_quiet_ms > 30_000 {
             bail!("shutdown_quiet_ms must be at most 30000 (lightningd stops waiting for plugins after 30 s)");
         }
+        self.validate_health()?;
         self.validate_remote()
+    }
+
+    fn validate_health(&self) -> Result<()> {
+        if self.warn_days_left > WARN_DAYS_LEFT_MAX {
+            bail!("warn_days_left must be between 0 (off) and {WARN_DAYS_LEFT_MAX}");
+        }
+        if self.warn_free_percent > 99 {
+            bail!("warn_free_percent must be between 0 (off) and 99");
+        }
+        if self.metrics_file.as_ref().is_some_and(|m| m.as_os_str().is_empty()) {
+            bail!(
+                "`metrics_file` is empty: name the file (e.g. node_exporter's textfile directory), or remove the line"
+            );
+        }
+        if let Some(argv) = &self.on_alert {
+            match argv.first() {
+                Some(p) if Path::new(p).is_absolute() => {}
+                _ => bail!("on_alert must start with the command's absolute path, e.g. [\"/usr/local/bin/notify\"]"),
+            }
+            if argv.iter().any(|a| a.contains('\0')) {
+                bail!("on_alert: an argument contains a NUL byte");
+            }
+        }
+        Ok(())
     }
 
     fn validate_remote(&self) -> Result<()> {
@@ -308,6 +361,9 @@ impl Config {
             c.journal = base.join(&c.journal);
         }
         if let Some(m) = c.mirror.as_mut().filter(|m| m.is_relative()) {
+            *m = base.join(&*m);
+        }
+        if let Some(m) = c.metrics_file.as_mut().filter(|m| m.is_relative()) {
             *m = base.join(&*m);
         }
         if c.database.is_relative() {
@@ -442,6 +498,29 @@ mod tests {
         let slow = "journal = \"/j\"\nkey_file = \"k\"\nremote_sync = \"all\"\nremote_sync_timeout_ms = 60000\n\
                     [[destination]]\nurl = \"file:///x\"\n";
         assert!(Config::parse(slow).unwrap_err().to_string().contains("remote_sync_timeout_ms"));
+    }
+
+    #[test]
+    fn health_keys() {
+        let c = Config::parse("journal = \"/j\"\n").unwrap();
+        assert_eq!((c.warn_days_left, c.warn_free_percent, c.metrics_file, c.on_alert), (7, 10, None, None));
+        let text = "journal = \"/j\"\nwarn_days_left = 0\nwarn_free_percent = 25\nmetrics_file = \"m.prom\"\n\
+                    on_alert = [\"/usr/local/bin/notify\", \"--to\", \"me\"]\n";
+        let c = Config::parse(&format!("{text}key_file = \"k\"\n[[destination]]\nurl = \"file:///x\"\n")).unwrap();
+        assert_eq!((c.warn_days_left, c.warn_free_percent), (0, 25));
+        assert_eq!(c.on_alert.as_deref().unwrap().len(), 3);
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
+        for bad in [
+            "warn_free_percent = 100",
+            "warn_days_left = 100000",
+            "warn_days_left = -1",
+            "on_alert = []",
+            "on_alert = [\"notify\"]",
+            "on_alert = \"/bin/notify\"",
+            "metrics_file = \"\"",
+        ] {
+            assert!(Config::parse(&format!("journal = \"/j\"\n{bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

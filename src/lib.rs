@@ -25,6 +25,7 @@ pub mod device;
 pub mod drill;
 pub mod files;
 pub mod filter;
+pub mod health;
 pub mod inventory;
 pub mod journal;
 pub mod mirror;

@@ -6,7 +6,8 @@
 //! atomically on every change and at least once per [`HEARTBEAT`], so a reader
 //! can tell a live plugin from a dead one by `updated_unix_ms`. Nothing here
 //! runs on the hook's path except [`StatusBoard::record_hook`], one
-//! uncontended lock and a store.
+//! uncontended lock and a store, and two atomic adds for the metrics'
+//! histogram.
 
 use crate::clock::now_unix_ms;
 use crate::journal::Progress;
@@ -73,6 +74,27 @@ pub struct PluginStatus {
     /// failing (the panel's "remote lagging"); absent without destinations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_lagging: Option<bool>,
+    /// Free bytes on the journal's filesystem (statvfs); absent until the
+    /// first sample (README, "Status fields").
+    #[serde(default)]
+    pub device_free_bytes: Option<u64>,
+    #[serde(default)]
+    pub device_size_bytes: Option<u64>,
+    /// The journal directory's size, its current segments counted as far as filled.
+    #[serde(default)]
+    pub journal_disk_bytes: Option<u64>,
+    /// Net growth of that size over the last day (after an hour of history).
+    #[serde(default)]
+    pub journal_growth_bytes_per_day: Option<f64>,
+    /// Days until the device is full at that rate; absent while it does not grow.
+    #[serde(default)]
+    pub device_days_left: Option<f64>,
+    /// Fewer than `warn_days_left` days or less than `warn_free_percent` left.
+    #[serde(default)]
+    pub device_nearly_full: bool,
+    /// The last failure: the halt, the device lost, or a destination's error.
+    #[serde(default)]
+    pub last_error_unix_ms: Option<u64>,
 }
 
 /// The last hook latencies, for percentiles. Bounded: 4096 samples.
@@ -120,12 +142,16 @@ struct Board {
     latencies: LatencyRing,
     degraded: Option<String>,
     remote: Option<crate::remote::StatusSource>,
+    device: Option<crate::health::device::DeviceHealth>,
+    failed_unix_ms: Option<u64>,
 }
 
 /// Shared between the engine (which updates it) and the publisher thread.
 #[derive(Default)]
 pub struct StatusBoard {
     inner: Mutex<Board>,
+    /// Outside the lock: the metrics' histogram of hook latencies.
+    pub hook_histogram: crate::health::metrics::HookHistogram,
 }
 
 impl StatusBoard {
@@ -146,6 +172,9 @@ impl StatusBoard {
         let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // A halt is final for this process.
         if b.state != Some(PluginState::Halted) {
+            if state == PluginState::Halted {
+                b.failed_unix_ms = Some(now_unix_ms());
+            }
             b.state = Some(state);
             b.reason = reason;
         }
@@ -159,13 +188,20 @@ impl StatusBoard {
         let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         b.state = Some(PluginState::Degraded);
         b.degraded = Some(why);
+        b.failed_unix_ms = Some(now_unix_ms());
         if let Some(p) = &b.progress {
             p.publish(|_| {});
         }
     }
 
     pub fn record_hook(&self, us: u64) {
+        self.hook_histogram.record(us);
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).latencies.record(us);
+    }
+
+    /// The backup device's latest sample ([`crate::health::monitor`]).
+    pub fn set_device(&self, device: crate::health::device::DeviceHealth) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).device = Some(device);
     }
 
     pub fn progress(&self) -> Option<Arc<Progress>> {
@@ -187,6 +223,9 @@ impl StatusBoard {
             state = PluginState::Halted;
             reason = Some("the backup device failed".into());
         }
+        let dev = b.device;
+        let remote_error = remote.as_ref().and_then(|r| r.destinations.iter().map(|d| d.last_error_unix_ms).max());
+        let last_error_unix_ms = b.failed_unix_ms.max(remote_error.filter(|&t| t > 0));
         PluginStatus {
             state,
             reason,
@@ -205,6 +244,13 @@ impl StatusBoard {
             degraded: b.degraded.clone(),
             remote_lagging: remote.as_ref().map(|r| r.lagging),
             remote,
+            device_free_bytes: dev.map(|d| d.free_bytes),
+            device_size_bytes: dev.map(|d| d.size_bytes),
+            journal_disk_bytes: dev.map(|d| d.journal_bytes),
+            journal_growth_bytes_per_day: dev.and_then(|d| d.growth_bytes_per_day),
+            device_days_left: dev.and_then(|d| d.days_left),
+            device_nearly_full: dev.is_some_and(|d| d.nearly_full),
+            last_error_unix_ms,
         }
     }
 }

@@ -118,6 +118,9 @@ shown "in sync"
 want in_sync false ',"remote_lagging":true'; sleep 1
 sample 80; check "remote lagging: status slow blink" 25 75 0 0
 shown "remote copy lagging"
+want in_sync false ',"device_nearly_full":true'; sleep 1
+sample 80; check "device nearly full: status steady, alert long blink" 95 100 55 95
+shown "backup device nearly full"
 want halted false ""; sleep 1
 sample 60; check "halted: alert fast blink" 0 0 25 75
 shown "ALERT: the plugin halted"

@@ -39,6 +39,10 @@ pub struct StatusView {
     /// its backup device and says why here. Present means alert.
     #[serde(default)]
     pub degraded: Option<String>,
+    /// Optional: the backup device fills within `warn_days_left` days or has
+    /// less than `warn_free_percent` free. Absent means false.
+    #[serde(default)]
+    pub device_nearly_full: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub enum Condition {
     Writing,
     /// In sync locally; a remote copy is behind.
     RemoteLagging,
+    /// In sync, but the backup device fills soon (or has little room left):
+    /// lightningd stops when it is full.
+    DeviceNearlyFull,
     /// The plugin halted, the backup device is gone, or the plugin runs
     /// degraded: the node is not (or no longer) backed up.
     Alert(String),
@@ -67,6 +74,7 @@ impl Condition {
             Condition::Alert(_) => 3,
             Condition::LightningdDown(_) => 4,
             Condition::Unknown(_) => 5,
+            Condition::DeviceNearlyFull => 6,
         }
     }
 
@@ -78,6 +86,7 @@ impl Condition {
             Condition::Alert(why) => format!("ALERT: {why}"),
             Condition::LightningdDown(why) => format!("lightningd not running: {why}"),
             Condition::Unknown(why) => format!("status unknown: {why}"),
+            Condition::DeviceNearlyFull => "in sync, backup device nearly full".into(),
         }
     }
 }
@@ -130,6 +139,7 @@ pub fn assess(i: &Inputs) -> Condition {
     }
     match s.state {
         PluginState::Starting => Condition::LightningdDown("starting".into()),
+        PluginState::InSync if s.device_nearly_full => Condition::DeviceNearlyFull,
         PluginState::InSync if s.remote_lagging == Some(true) => Condition::RemoteLagging,
         PluginState::InSync if i.now_unix_ms.saturating_sub(s.last_write_unix_ms) < WRITING_WINDOW_MS => {
             Condition::Writing
@@ -181,6 +191,7 @@ mod tests {
             updated_unix_ms: NOW - 300,
             remote_lagging: None,
             degraded: None,
+            device_nearly_full: false,
         }
     }
 
@@ -205,6 +216,29 @@ mod tests {
         assert_eq!(assess_with(Ok(v.clone()), None, true), Condition::RemoteLagging);
         v.remote_lagging = Some(false);
         assert_eq!(assess_with(Ok(v), None, true), Condition::Writing);
+    }
+
+    #[test]
+    fn a_nearly_full_device_beats_remote_lagging_but_not_an_alarm() {
+        let mut v = view(PluginState::InSync);
+        v.device_nearly_full = true;
+        assert_eq!(assess_with(Ok(v.clone()), Some(true), true), Condition::DeviceNearlyFull);
+        v.remote_lagging = Some(true);
+        v.last_write_unix_ms = NOW - 100;
+        assert_eq!(assess_with(Ok(v.clone()), None, true), Condition::DeviceNearlyFull);
+        assert_eq!(Condition::DeviceNearlyFull.code(), 6);
+        v.degraded = Some("write error".into());
+        assert!(matches!(assess_with(Ok(v.clone()), None, true), Condition::Alert(_)));
+        v.degraded = None;
+        v.updated_unix_ms = NOW - 5_001;
+        assert!(matches!(assess_with(Ok(v.clone()), None, true), Condition::Unknown(_)), "stale stays unknown");
+        // The plugin's own status file carries the flag.
+        let board = crate::status::StatusBoard::default();
+        board.set_state(PluginState::InSync, None);
+        let mut s = board.snapshot();
+        s.device_nearly_full = true;
+        let parsed: StatusView = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert!(parsed.device_nearly_full);
     }
 
     #[test]

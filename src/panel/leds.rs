@@ -31,6 +31,9 @@ pub const BLIP: Pattern = Pattern::Blink { on_ms: 100, off_ms: 1_900 };
 /// Unknown: uneven, so that it reads differently from the slow blink on a
 /// one-LED panel.
 pub const UNKNOWN_BLINK: Pattern = Pattern::Blink { on_ms: 250, off_ms: 750 };
+/// Device nearly full, on the alert LED: long on, short off (the inverse
+/// of the unknown blink), beside a steady status LED.
+pub const NEARLY_FULL_BLINK: Pattern = Pattern::Blink { on_ms: 750, off_ms: 250 };
 /// Shutting down: an even half-second blink.
 pub const SHUTTING_DOWN: Pattern = Pattern::Blink { on_ms: 250, off_ms: 250 };
 
@@ -84,6 +87,7 @@ pub fn patterns(condition: &Condition, overlay: Option<Overlay>) -> (Pattern, Pa
         Condition::InSync => (STEADY, Off),
         Condition::Writing => (FLICKER, Off),
         Condition::RemoteLagging => (SLOW_BLINK, Off),
+        Condition::DeviceNearlyFull => (STEADY, NEARLY_FULL_BLINK),
         Condition::Alert(_) => (Off, FAST_BLINK),
         Condition::LightningdDown(_) => (BLIP, Off),
         Condition::Unknown(_) => (Off, UNKNOWN_BLINK),
@@ -133,6 +137,7 @@ mod tests {
             Condition::InSync,
             Condition::Writing,
             Condition::RemoteLagging,
+            Condition::DeviceNearlyFull,
             Condition::Alert("x".into()),
             Condition::LightningdDown("x".into()),
             Condition::Unknown("x".into()),
@@ -150,8 +155,9 @@ mod tests {
                 assert_ne!(one[i], one[j], "{:?} vs {:?} on one LED", conds[i], conds[j]);
             }
         }
-        // Only an alert or unknown ever lights the alert LED.
+        // Only an alert, a nearly full device or unknown ever lights the alert LED.
         assert_eq!(patterns(&Condition::InSync, None).1, Pattern::Off);
         assert_eq!(patterns(&Condition::Alert("x".into()), None), (Pattern::Off, FAST_BLINK));
+        assert_eq!(patterns(&Condition::DeviceNearlyFull, None), (STEADY, NEARLY_FULL_BLINK));
     }
 }

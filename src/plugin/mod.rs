@@ -73,6 +73,9 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
     let mut shutdown: Option<Duration> = None;
     let stop_publisher = Arc::new(AtomicBool::new(false));
     let mut publisher_started = false;
+    // Started once the configuration is known (at the first hook or init,
+    // never at getmanifest): a refusal before init still raises its alert.
+    let mut monitor: Option<crate::health::monitor::Monitor> = None;
     let code = loop {
         let frame = match reader.next(shutdown) {
             Ok(f) => f,
@@ -151,6 +154,9 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
             eprintln!("cln-replica: cannot answer lightningd: {e}");
             break 1;
         }
+        if monitor.is_none() && matches!(method, "db_write" | "init") {
+            monitor = start_monitor(engine, out);
+        }
     };
     engine.seal();
     if publisher_started {
@@ -159,7 +165,22 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
             let _ = status::write_status_file(&path, &engine.status.snapshot());
         }
     }
+    if let Some(m) = monitor {
+        m.finish();
+    }
     code
+}
+
+/// The health thread (device space, metrics, on_alert), if the configuration is loaded.
+fn start_monitor(engine: &Engine, out: &Arc<Output>) -> Option<crate::health::monitor::Monitor> {
+    let settings = crate::health::monitor::Settings::from_config(engine.config()?);
+    match crate::health::monitor::Monitor::spawn(settings, engine.status.clone(), out.clone()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            out.log("warn", &format!("cln-replica: cannot start the health thread: {e}"));
+            None
+        }
+    }
 }
 
 /// After `init`: ask lightningd which wallet it uses. With PostgreSQL the
