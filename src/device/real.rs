@@ -1,4 +1,10 @@
 //! The real backup device: O_DIRECT files, fdatasync, fsync'd directories.
+//!
+//! How a write is made durable is [`SyncMode`]: by default a `pwrite` then an
+//! `fdatasync` (two system calls); `CLN_REPLICA_SYNC=dsync` opens O_DIRECT
+//! files with O_DSYNC as well, so the `pwrite` itself returns only once the
+//! data is durable and the flush becomes a no-op. Both were measured on a
+//! loop device and a throttled one (docs/REAL-NODE.md, "Cost").
 
 use super::{Device, DeviceFile};
 use std::fs::{self, File, OpenOptions};
@@ -9,8 +15,40 @@ use std::path::Path;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealDevice;
 
+/// How the journal's O_DIRECT files are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `pwrite`, then `fdatasync`.
+    Fdatasync,
+    /// Opened with O_DSYNC: each `pwrite` is durable when it returns.
+    Dsync,
+}
+
+/// The environment variable that selects [`SyncMode`]: `dsync` or `fdatasync`
+/// (the default; anything else is refused loudly at the first open).
+pub const SYNC_MODE_ENV: &str = "CLN_REPLICA_SYNC";
+
+impl SyncMode {
+    /// The mode of this process, read once from [`SYNC_MODE_ENV`].
+    pub fn current() -> SyncMode {
+        static MODE: std::sync::OnceLock<SyncMode> = std::sync::OnceLock::new();
+        *MODE.get_or_init(|| match std::env::var(SYNC_MODE_ENV).as_deref() {
+            Ok("dsync") => SyncMode::Dsync,
+            Ok("fdatasync") | Ok("") | Err(_) => SyncMode::Fdatasync,
+            Ok(other) => {
+                eprintln!(
+                    "cln-replica: {SYNC_MODE_ENV}={other:?} is neither \"dsync\" nor \"fdatasync\"; using fdatasync"
+                );
+                SyncMode::Fdatasync
+            }
+        })
+    }
+}
+
 struct RealFile {
     file: File,
+    /// Opened O_DIRECT|O_DSYNC: every write was durable when it returned.
+    dsync: bool,
 }
 
 impl DeviceFile for RealFile {
@@ -32,6 +70,9 @@ impl DeviceFile for RealFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        if self.dsync {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 
@@ -40,25 +81,28 @@ impl DeviceFile for RealFile {
     }
 }
 
-fn open(path: &Path, create: bool, direct: bool) -> io::Result<File> {
+fn open(path: &Path, create: bool, direct: bool) -> io::Result<RealFile> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).mode(0o600);
     if create {
         opts.create(true).truncate(true);
     }
-    if direct {
+    let dsync = direct && SyncMode::current() == SyncMode::Dsync;
+    if dsync {
+        opts.custom_flags(libc::O_DIRECT | libc::O_DSYNC);
+    } else if direct {
         opts.custom_flags(libc::O_DIRECT);
     }
-    opts.open(path)
+    Ok(RealFile { file: opts.open(path)?, dsync })
 }
 
 impl Device for RealDevice {
     fn create(&self, path: &Path, direct: bool) -> io::Result<Box<dyn DeviceFile>> {
-        Ok(Box::new(RealFile { file: open(path, true, direct)? }))
+        Ok(Box::new(open(path, true, direct)?))
     }
 
     fn open_rw(&self, path: &Path, direct: bool) -> io::Result<Box<dyn DeviceFile>> {
-        Ok(Box::new(RealFile { file: open(path, false, direct)? }))
+        Ok(Box::new(open(path, false, direct)?))
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
