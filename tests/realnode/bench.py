@@ -39,13 +39,14 @@ from realnode import (Env, Failure, Payer, connect, log, run, setup_star,  # noq
                       wait_channel_normal)
 from pyln.client import RpcError  # noqa: E402
 
-ARMS = ('none', 'floor', 'replica', 'replica-dsync', 'replica-nostatus')
+ARMS = ('none', 'floor', 'replica', 'replica-dsync', 'replica-nostatus', 'replica-alt')
 ARM_LABEL = {
     'none': 'no backup plugin',
     'floor': 'floor stand-in (O_DIRECT write + fdatasync)',
     'replica': 'cln-replica',
     'replica-dsync': 'cln-replica, CLN_REPLICA_SYNC=dsync',
     'replica-nostatus': 'cln-replica without status_file',
+    'replica-alt': 'cln-replica, the --alt-plugin build',
 }
 # Segments of the default size would be created on the loop device for
 # every generation (each restart after a no-plugin arm heals a gap with a
@@ -138,15 +139,18 @@ def cycle(payer, a, b, c, i):
         payer.pay(c, b)
 
 
-def start_arm(env, a, arm, lightningd, floor_plugin):
+def start_arm(env, a, arm, lightningd, floor_plugin, alt_plugin):
     os.environ['CLN_REPLICA_SYNC'] = 'dsync' if arm == 'replica-dsync' else 'fdatasync'
     write_config(a, status_file=arm != 'replica-nostatus')
     extra = ['--plugin=' + floor_plugin] if arm == 'floor' else []
-    a.start(with_plugin=arm.startswith('replica'), extra=extra, lightningd=lightningd)
+    if arm == 'replica-alt':
+        # Another build of the plugin on the same journal (an A/B of a change).
+        extra = ['--important-plugin=' + alt_plugin]
+    a.start(with_plugin=arm.startswith('replica') and arm != 'replica-alt', extra=extra, lightningd=lightningd)
 
 
-def measure_arm(env, a, b, c, payer, arm, n, lightningd, floor_plugin, trace_path):
-    start_arm(env, a, arm, lightningd, floor_plugin)
+def measure_arm(env, a, b, c, payer, arm, n, lightningd, floor_plugin, alt_plugin, trace_path):
+    start_arm(env, a, arm, lightningd, floor_plugin, alt_plugin)
     wait_mesh(a, b, c)
     # Warm-up, untimed: the first payment after a restart pays for route
     # discovery and the plugin's first hooks after init.
@@ -192,6 +196,7 @@ def main():
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--payments-per-round', type=int, default=60)
     ap.add_argument('--arms', default='none,floor,replica', help='comma-separated, of: ' + ', '.join(ARMS))
+    ap.add_argument('--alt-plugin', help='another cln-replica build, for the replica-alt arm')
     ap.add_argument('--throttle-mbps', type=float, help='cgroup v1 blkio limit on the journal device')
     ap.add_argument('--shared-cln')
     ap.add_argument('--keep', action='store_true')
@@ -204,6 +209,9 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit('bench.py needs root: the journal gets a loop device of its own')
     floor_plugin = os.path.realpath(args.floor_plugin)
+    alt_plugin = os.path.realpath(args.alt_plugin) if args.alt_plugin else None
+    if 'replica-alt' in arms and not alt_plugin:
+        raise SystemExit('the replica-alt arm needs --alt-plugin')
     env = Env(args.plugin, shared_cln=args.shared_cln, keep=args.keep, loop_mb=LOOP_MB)
     throttle = None
     try:
@@ -234,7 +242,7 @@ def main():
             order = arms[r % len(arms):] + arms[:r % len(arms)]
             for arm in order:
                 res = measure_arm(env, a, b, c, payer, arm, args.payments_per_round, lightningd, floor_plugin,
-                                  trace_path)
+                                  alt_plugin, trace_path)
                 results[arm].append(res)
                 log('round %d %-14s %6.2f payments/s (%d payments in %.1f s), %.1f hooks/payment'
                     % (r + 1, arm, res['payments_per_s'], res['payments'], res['seconds'],
