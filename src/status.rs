@@ -186,9 +186,13 @@ impl StatusBoard {
     }
 
     pub fn record_hook(&self, us: u64) {
+        self.record(us, hook_trace_path().is_some());
+    }
+
+    fn record(&self, us: u64, traced: bool) {
         let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         b.latencies.record(us);
-        if hook_trace_path().is_some() {
+        if traced {
             if b.trace.samples.len() < HOOK_TRACE_SAMPLES_MAX {
                 b.trace.samples.push((now_unix_ms(), us.min(u32::MAX as u64) as u32));
             } else {
@@ -200,8 +204,14 @@ impl StatusBoard {
     /// Appends the hook samples taken since the last call to the
     /// `CLN_REPLICA_HOOK_TRACE` file (nothing when it is not set).
     pub fn flush_hook_trace(&self) -> std::io::Result<()> {
+        match hook_trace_path() {
+            Some(path) => self.flush_trace_to(path),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_trace_to(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write;
-        let Some(path) = hook_trace_path() else { return Ok(()) };
         let (samples, dropped) = {
             let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             (std::mem::take(&mut b.trace.samples), std::mem::take(&mut b.trace.dropped))
@@ -336,6 +346,31 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn the_hook_trace_is_bounded_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace");
+        let board = StatusBoard::default();
+        for us in [5, 7, 9] {
+            board.record(us, true);
+        }
+        board.flush_trace_to(&path).unwrap();
+        board.flush_trace_to(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let us: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        assert_eq!(us, ["5", "7", "9"], "each sample once: {text}");
+        // Past the bound, samples are counted, not kept.
+        for _ in 0..HOOK_TRACE_SAMPLES_MAX + 2 {
+            board.record(1, true);
+        }
+        board.flush_trace_to(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3 + HOOK_TRACE_SAMPLES_MAX + 1);
+        assert!(text.ends_with("# dropped 2\n"), "{}", &text[text.len() - 40..]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn the_publisher_never_writes_after_stop() {

@@ -82,12 +82,16 @@ impl DeviceFile for RealFile {
 }
 
 fn open(path: &Path, create: bool, direct: bool) -> io::Result<RealFile> {
+    open_in(path, create, direct, SyncMode::current())
+}
+
+fn open_in(path: &Path, create: bool, direct: bool, mode: SyncMode) -> io::Result<RealFile> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).mode(0o600);
     if create {
         opts.create(true).truncate(true);
     }
-    let dsync = direct && SyncMode::current() == SyncMode::Dsync;
+    let dsync = direct && mode == SyncMode::Dsync;
     if dsync {
         opts.custom_flags(libc::O_DIRECT | libc::O_DSYNC);
     } else if direct {
@@ -169,6 +173,37 @@ pub fn dio_alignment(file: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::device::{is_direct_io_refusal, AlignedBuf};
+
+    /// O_DIRECT|O_DSYNC: the file is opened with both flags, a write reads
+    /// back, and the flush is skipped (the write was durable on return).
+    #[test]
+    fn dsync_files_write_and_skip_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dsync");
+        let mut f = match open_in(&path, true, true, SyncMode::Dsync) {
+            Ok(f) => f,
+            Err(e) if is_direct_io_refusal(&e) => return,
+            Err(e) => panic!("cannot create {}: {e}", path.display()),
+        };
+        assert!(f.dsync);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f.file);
+        // SAFETY: fd is open for the call's duration.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_eq!(flags & libc::O_DSYNC, libc::O_DSYNC, "O_DSYNC set");
+        assert_eq!(flags & libc::O_DIRECT, libc::O_DIRECT, "O_DIRECT set");
+        let mut block = AlignedBuf::with_capacity(4096);
+        block.reset_zeroed(4096);
+        block[..5].copy_from_slice(b"dsync");
+        f.write_all_at(&block, 4096).unwrap();
+        f.sync_data().unwrap();
+        let mut back = AlignedBuf::with_capacity(4096);
+        back.reset_zeroed(4096);
+        assert_eq!(f.read_at(&mut back, 4096).unwrap(), 4096);
+        assert_eq!(&back[..5], b"dsync");
+        // Buffered files never get O_DSYNC: only O_DIRECT ones are switched.
+        let plain = open_in(&dir.path().join("plain"), true, false, SyncMode::Dsync).unwrap();
+        assert!(!plain.dsync);
+    }
 
     /// Offsets past 4 GiB reach the file intact, also on 32-bit targets
     /// (armv7: usize is 32 bits, and a libc off_t too unless the 64-bit calls

@@ -160,6 +160,9 @@ class Soak:
             self.paid += 1
             if self.paid % 10 == 0:
                 self.sample()
+            if self.paid % 100 == 0:
+                log('%d payments; plugin RSS %s KiB, journal %s bytes' % (
+                    self.paid, *(self.samples[-1][1:3] if self.samples else ('?', '?'))))
 
     def resume(self, join=False):
         """a back with its plugin, meshed, the fault's payments finished,
