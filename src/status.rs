@@ -144,6 +144,27 @@ struct Board {
     remote: Option<crate::remote::StatusSource>,
     device: Option<crate::health::device::DeviceHealth>,
     failed_unix_ms: Option<u64>,
+    trace: HookTrace,
+}
+
+/// `CLN_REPLICA_HOOK_TRACE=PATH`: every hook's service time, for measuring
+/// the plugin inside a real node (tests/realnode/bench.py). The hook only
+/// pushes a sample into this buffer; the status publisher (and the plugin's
+/// exit) append them to PATH as `unix_ms us` lines, off the hook's path.
+pub const HOOK_TRACE_ENV: &str = "CLN_REPLICA_HOOK_TRACE";
+/// Samples held between two flushes; beyond it they are counted as dropped
+/// (a publisher that cannot keep up must not grow the plugin's memory).
+const HOOK_TRACE_SAMPLES_MAX: usize = 1 << 16;
+
+#[derive(Default)]
+struct HookTrace {
+    samples: Vec<(u64, u32)>,
+    dropped: u64,
+}
+
+fn hook_trace_path() -> Option<&'static PathBuf> {
+    static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| std::env::var_os(HOOK_TRACE_ENV).filter(|p| !p.is_empty()).map(PathBuf::from)).as_ref()
 }
 
 /// Shared between the engine (which updates it) and the publisher thread.
@@ -196,7 +217,49 @@ impl StatusBoard {
 
     pub fn record_hook(&self, us: u64) {
         self.hook_histogram.record(us);
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).latencies.record(us);
+        self.record(us, hook_trace_path().is_some());
+    }
+
+    fn record(&self, us: u64, traced: bool) {
+        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        b.latencies.record(us);
+        if traced {
+            if b.trace.samples.len() < HOOK_TRACE_SAMPLES_MAX {
+                b.trace.samples.push((now_unix_ms(), us.min(u32::MAX as u64) as u32));
+            } else {
+                b.trace.dropped += 1;
+            }
+        }
+    }
+
+    /// Appends the hook samples taken since the last call to the
+    /// `CLN_REPLICA_HOOK_TRACE` file (nothing when it is not set).
+    pub fn flush_hook_trace(&self) -> std::io::Result<()> {
+        match hook_trace_path() {
+            Some(path) => self.flush_trace_to(path),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_trace_to(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let (samples, dropped) = {
+            let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            (std::mem::take(&mut b.trace.samples), std::mem::take(&mut b.trace.dropped))
+        };
+        if samples.is_empty() && dropped == 0 {
+            return Ok(());
+        }
+        let mut text = String::with_capacity(samples.len() * 20);
+        for (ms, us) in &samples {
+            text.push_str(&format!("{ms} {us}\n"));
+        }
+        if dropped > 0 {
+            text.push_str(&format!("# dropped {dropped}\n"));
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        f.write_all(text.as_bytes())
     }
 
     /// The backup device's latest sample ([`crate::health::monitor`]).
@@ -294,6 +357,7 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
             }
             let mut seen = 0;
             let mut reported = false;
+            let mut trace_reported = false;
             loop {
                 let status = board.snapshot();
                 match publish(&path, &status, &stop) {
@@ -304,6 +368,12 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
                         reported = true;
                     }
                     Some(_) => {}
+                }
+                if let Err(e) = board.flush_hook_trace() {
+                    if !trace_reported {
+                        eprintln!("cln-replica: cannot write the hook trace ({HOOK_TRACE_ENV}): {e}");
+                        trace_reported = true;
+                    }
                 }
                 thread::sleep(MIN_INTERVAL);
                 seen = match board.progress() {
@@ -322,6 +392,31 @@ pub fn spawn_publisher(board: Arc<StatusBoard>, path: PathBuf, stop: Arc<std::sy
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn the_hook_trace_is_bounded_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace");
+        let board = StatusBoard::default();
+        for us in [5, 7, 9] {
+            board.record(us, true);
+        }
+        board.flush_trace_to(&path).unwrap();
+        board.flush_trace_to(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let us: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        assert_eq!(us, ["5", "7", "9"], "each sample once: {text}");
+        // Past the bound, samples are counted, not kept.
+        for _ in 0..HOOK_TRACE_SAMPLES_MAX + 2 {
+            board.record(1, true);
+        }
+        board.flush_trace_to(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3 + HOOK_TRACE_SAMPLES_MAX + 1);
+        assert!(text.ends_with("# dropped 2\n"), "{}", &text[text.len() - 40..]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn the_publisher_never_writes_after_stop() {

@@ -15,7 +15,8 @@
 
 mod scale;
 
-use crate::savings::{self, floor_round};
+use crate::device::SyncMode;
+use crate::savings::{self, floor_round, floor_round_in};
 use crate::sim::{trace, HookOutcome, SimNode};
 use crate::state::INCREMENT_PREFIX;
 use anyhow::{bail, Context, Result};
@@ -74,6 +75,11 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
+
+/// The O_DSYNC floor is a comparison, not the baseline: at most this many
+/// writes per round (5 rounds), so that long runs (scripts/budgets drives
+/// 100,000 hooks) do not double their floor time.
+const FLOOR_DSYNC_SAMPLES_PER_ROUND: usize = 400;
 
 #[derive(Debug, serde::Serialize)]
 pub struct Figures {
@@ -159,12 +165,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     node.start_plugin(&exe, &[])?;
     node.init_plugin()?;
     let mut floor = vec![];
+    let mut floor_dsync = vec![];
     let mut version = 0u32;
     let rounds = 5;
     for round in 0..rounds {
         let n = (a.hooks / rounds + usize::from(round < a.hooks % rounds)).min(round_hooks);
         let sizes: Vec<usize> = (0..n).map(|i| disk_bytes[(version as usize + i) % bodies.len()]).collect();
         floor_round(&floor_file, 0, &sizes, &mut floor)?;
+        let dsync_n = sizes.len().min(FLOOR_DSYNC_SAMPLES_PER_ROUND);
+        floor_round_in(&floor_file, 0, &sizes[..dsync_n], SyncMode::Dsync, &mut floor_dsync)?;
         for i in 0..n {
             let mut writes = bodies[(version as usize + i) % bodies.len()].clone();
             writes.push(format!("{INCREMENT_PREFIX}{version}"));
@@ -180,11 +189,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // The first hook took the initial snapshot: not a steady-state figure.
     let hook = figures(node.hook_latencies_us[1..].to_vec());
     let floor = figures(floor);
+    let floor_dsync = figures(floor_dsync);
     let ratio = hook.p50_us as f64 / floor.p50_us.max(1) as f64;
+    // The plugin is a child of this process: it runs in the mode this one would.
+    let plugin_sync = match SyncMode::current() {
+        SyncMode::Fdatasync => "pwrite + fdatasync",
+        SyncMode::Dsync => "O_DIRECT|O_DSYNC pwrite",
+    };
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"dir": a.dir, "hooks": a.hooks, "change_bytes_mean": mean_bytes, "hook": hook, "floor": floor, "p50_ratio": ratio, "plugin_internal_p50_us": internal_p50})
+            serde_json::json!({"dir": a.dir, "hooks": a.hooks, "change_bytes_mean": mean_bytes, "hook": hook, "floor": floor,
+                "floor_dsync": floor_dsync, "plugin_sync": plugin_sync, "p50_ratio": ratio, "plugin_internal_p50_us": internal_p50})
         );
     } else {
         println!("cln-replica bench: {} hooks in {} (real changes, mean {mean_bytes} bytes)", a.hooks, a.dir.display());
@@ -192,6 +208,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "  floor (O_DIRECT 4 KiB write + fdatasync, preallocated): p50 {:>6} us  p99 {:>6} us  max {:>7} us",
             floor.p50_us, floor.p99_us, floor.max_us
         );
+        println!(
+            "  floor, O_DIRECT|O_DSYNC (the pwrite alone, same sizes): p50 {:>6} us  p99 {:>6} us  max {:>7} us",
+            floor_dsync.p50_us, floor_dsync.p99_us, floor_dsync.max_us
+        );
+        println!("  the plugin makes each record durable with: {plugin_sync} ({})", crate::device::SYNC_MODE_ENV);
         println!(
             "  hook round trip (plugin protocol, durable journal):     p50 {:>6} us  p99 {:>6} us  max {:>7} us",
             hook.p50_us, hook.p99_us, hook.max_us

@@ -16,7 +16,7 @@ pub mod fault;
 mod real;
 
 pub use aligned::AlignedBuf;
-pub use real::{dio_alignment, RealDevice};
+pub use real::{dio_alignment, RealDevice, SyncMode, SYNC_MODE_ENV};
 
 use std::io;
 use std::path::Path;

@@ -1,4 +1,10 @@
 //! The real backup device: O_DIRECT files, fdatasync, fsync'd directories.
+//!
+//! How a write is made durable is [`SyncMode`]: by default a `pwrite` then an
+//! `fdatasync` (two system calls); `CLN_REPLICA_SYNC=dsync` opens O_DIRECT
+//! files with O_DSYNC as well, so the `pwrite` itself returns only once the
+//! data is durable and the flush becomes a no-op. Both were measured on a
+//! loop device and a throttled one (docs/REAL-NODE.md, "Cost").
 
 use super::{Device, DeviceFile};
 use std::fs::{self, File, OpenOptions};
@@ -9,8 +15,40 @@ use std::path::Path;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealDevice;
 
+/// How the journal's O_DIRECT files are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `pwrite`, then `fdatasync`.
+    Fdatasync,
+    /// Opened with O_DSYNC: each `pwrite` is durable when it returns.
+    Dsync,
+}
+
+/// The environment variable that selects [`SyncMode`]: `dsync` or `fdatasync`
+/// (the default; anything else is refused loudly at the first open).
+pub const SYNC_MODE_ENV: &str = "CLN_REPLICA_SYNC";
+
+impl SyncMode {
+    /// The mode of this process, read once from [`SYNC_MODE_ENV`].
+    pub fn current() -> SyncMode {
+        static MODE: std::sync::OnceLock<SyncMode> = std::sync::OnceLock::new();
+        *MODE.get_or_init(|| match std::env::var(SYNC_MODE_ENV).as_deref() {
+            Ok("dsync") => SyncMode::Dsync,
+            Ok("fdatasync") | Ok("") | Err(_) => SyncMode::Fdatasync,
+            Ok(other) => {
+                eprintln!(
+                    "cln-replica: {SYNC_MODE_ENV}={other:?} is neither \"dsync\" nor \"fdatasync\"; using fdatasync"
+                );
+                SyncMode::Fdatasync
+            }
+        })
+    }
+}
+
 struct RealFile {
     file: File,
+    /// Opened O_DIRECT|O_DSYNC: every write was durable when it returned.
+    dsync: bool,
 }
 
 impl DeviceFile for RealFile {
@@ -32,6 +70,9 @@ impl DeviceFile for RealFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        if self.dsync {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 
@@ -40,25 +81,32 @@ impl DeviceFile for RealFile {
     }
 }
 
-fn open(path: &Path, create: bool, direct: bool) -> io::Result<File> {
+fn open(path: &Path, create: bool, direct: bool) -> io::Result<RealFile> {
+    open_in(path, create, direct, SyncMode::current())
+}
+
+fn open_in(path: &Path, create: bool, direct: bool, mode: SyncMode) -> io::Result<RealFile> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).mode(0o600);
     if create {
         opts.create(true).truncate(true);
     }
-    if direct {
+    let dsync = direct && mode == SyncMode::Dsync;
+    if dsync {
+        opts.custom_flags(libc::O_DIRECT | libc::O_DSYNC);
+    } else if direct {
         opts.custom_flags(libc::O_DIRECT);
     }
-    opts.open(path)
+    Ok(RealFile { file: opts.open(path)?, dsync })
 }
 
 impl Device for RealDevice {
     fn create(&self, path: &Path, direct: bool) -> io::Result<Box<dyn DeviceFile>> {
-        Ok(Box::new(RealFile { file: open(path, true, direct)? }))
+        Ok(Box::new(open(path, true, direct)?))
     }
 
     fn open_rw(&self, path: &Path, direct: bool) -> io::Result<Box<dyn DeviceFile>> {
-        Ok(Box::new(RealFile { file: open(path, false, direct)? }))
+        Ok(Box::new(open(path, false, direct)?))
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
@@ -125,6 +173,37 @@ pub fn dio_alignment(file: &Path) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::device::{is_direct_io_refusal, AlignedBuf};
+
+    /// O_DIRECT|O_DSYNC: the file is opened with both flags, a write reads
+    /// back, and the flush is skipped (the write was durable on return).
+    #[test]
+    fn dsync_files_write_and_skip_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dsync");
+        let mut f = match open_in(&path, true, true, SyncMode::Dsync) {
+            Ok(f) => f,
+            Err(e) if is_direct_io_refusal(&e) => return,
+            Err(e) => panic!("cannot create {}: {e}", path.display()),
+        };
+        assert!(f.dsync);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f.file);
+        // SAFETY: fd is open for the call's duration.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_eq!(flags & libc::O_DSYNC, libc::O_DSYNC, "O_DSYNC set");
+        assert_eq!(flags & libc::O_DIRECT, libc::O_DIRECT, "O_DIRECT set");
+        let mut block = AlignedBuf::with_capacity(4096);
+        block.reset_zeroed(4096);
+        block[..5].copy_from_slice(b"dsync");
+        f.write_all_at(&block, 4096).unwrap();
+        f.sync_data().unwrap();
+        let mut back = AlignedBuf::with_capacity(4096);
+        back.reset_zeroed(4096);
+        assert_eq!(f.read_at(&mut back, 4096).unwrap(), 4096);
+        assert_eq!(&back[..5], b"dsync");
+        // Buffered files never get O_DSYNC: only O_DIRECT ones are switched.
+        let plain = open_in(&dir.path().join("plain"), true, false, SyncMode::Dsync).unwrap();
+        assert!(!plain.dsync);
+    }
 
     /// Offsets past 4 GiB reach the file intact, also on 32-bit targets
     /// (armv7: usize is 32 bits, and a libc off_t too unless the 64-bit calls

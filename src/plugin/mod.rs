@@ -165,6 +165,7 @@ pub fn serve<R: std::io::Read>(mut reader: FrameReader<R>, out: &Arc<Output>, en
             let _ = status::write_status_file(&path, &engine.status.snapshot());
         }
     }
+    let _ = engine.status.flush_hook_trace();
     if let Some(m) = monitor {
         m.finish();
     }
