@@ -95,6 +95,12 @@ pub struct PluginStatus {
     /// The last failure: the halt, the device lost, or a destination's error.
     #[serde(default)]
     pub last_error_unix_ms: Option<u64>,
+    /// The last restore drill (`cln-replica drill`, docs/DRILL.md): whether
+    /// it passed, and when it finished; absent when no drill result exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_ok: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_finished_unix_ms: Option<u64>,
 }
 
 /// The last hook latencies, for percentiles. Bounded: 4096 samples.
@@ -144,6 +150,8 @@ struct Board {
     remote: Option<crate::remote::StatusSource>,
     device: Option<crate::health::device::DeviceHealth>,
     failed_unix_ms: Option<u64>,
+    /// The last drill's (ok, finished_unix_ms), from its result file.
+    drill: Option<(bool, u64)>,
     trace: HookTrace,
 }
 
@@ -262,6 +270,11 @@ impl StatusBoard {
         f.write_all(text.as_bytes())
     }
 
+    /// The last restore drill's outcome, as read from its result file.
+    pub fn set_drill(&self, drill: Option<(bool, u64)>) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).drill = drill;
+    }
+
     /// The backup device's latest sample ([`crate::health::monitor`]).
     pub fn set_device(&self, device: crate::health::device::DeviceHealth) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).device = Some(device);
@@ -314,6 +327,8 @@ impl StatusBoard {
             device_days_left: dev.and_then(|d| d.days_left),
             device_nearly_full: dev.is_some_and(|d| d.nearly_full),
             last_error_unix_ms,
+            drill_ok: b.drill.map(|d| d.0),
+            drill_finished_unix_ms: b.drill.map(|d| d.1),
         }
     }
 }

@@ -328,3 +328,61 @@ fn drill_peak_rss_on_a_large_database() {
         verify_kib as f64 / 1024.0
     );
 }
+
+/// The plugin publishes the drill's outcome: `drill_ok` in `replica-status`
+/// (and the status file the panel reads), `cln_replica_drill_ok` in the
+/// metrics file, and `drill-failed` raised to `on_alert`, then cleared by a
+/// drill that passes.
+#[test]
+fn the_plugin_publishes_a_failed_drill_and_alerts_on_it() {
+    let d = Drill::new();
+    let received = d.s.path("received");
+    let script = d.s.path("record-alert");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$CLN_REPLICA_ALERT $CLN_REPLICA_ALERT_STATE\" >> {received:?}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let metrics = d.s.path("state/cln_replica.prom");
+    let conf = d.s.node_dir.join("cln-replica.toml");
+    let config = std::fs::read_to_string(&conf).unwrap();
+    // Top-level keys go before the [[destination]] table.
+    let config = format!("on_alert = [{script:?}]\nmetrics_file = {metrics:?}\nwarn_free_percent = 0\n{config}");
+    std::fs::write(&conf, config).unwrap();
+    let mut node = d.start();
+    run(&mut node, &mut Workload::new(9), 30);
+    let recs = records_objects(&d.nas);
+    let victim = &recs[recs.len() / 2];
+    let original = std::fs::read(victim).unwrap();
+    let mut b = original.clone();
+    let i = b.len() - 20;
+    b[i] ^= 0x40;
+    std::fs::write(victim, &b).unwrap();
+    let o = d.drill(&["--lightning-dir", d.s.node_dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let logs = node.logs.clone();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !f() {
+            let log = || logs.lock().unwrap().join("\n");
+            assert!(std::time::Instant::now() < deadline, "{what}: not seen; log:\n{}", log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let alerts = || std::fs::read_to_string(&received).unwrap_or_default();
+    wait("drill-failed raised", &|| alerts().lines().any(|l| l == "drill-failed raised"));
+    wait("the metric", &|| std::fs::read_to_string(&metrics).unwrap_or_default().contains("cln_replica_drill_ok 0"));
+    let st = node.request("replica-status", serde_json::json!({})).unwrap().unwrap();
+    assert_eq!(st["result"]["drill_ok"], false, "{st}");
+    let status_file = d.s.path("state/status.json");
+    let panel_view = || cln_replica::panel::health::read_status(&status_file).ok();
+    wait("the status file the panel reads", &|| panel_view().is_some_and(|v| v.drill_ok == Some(false)));
+    // Repaired, the next drill passes and the alert clears.
+    std::fs::write(victim, &original).unwrap();
+    let o = d.drill(&["--lightning-dir", d.s.node_dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    wait("drill-failed cleared", &|| alerts().lines().any(|l| l == "drill-failed cleared"));
+    let (st, _) = node.shutdown_plugin().unwrap();
+    assert!(st.success());
+}

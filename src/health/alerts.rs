@@ -1,6 +1,6 @@
 //! `on_alert = ["/path/to/command", "args"...]`: a command run when a
 //! condition is raised or cleared (halted, degraded, remote-lagging,
-//! device-nearly-full).
+//! device-nearly-full, drill-failed).
 //!
 //! [`Conditions`] turns successive statuses into transitions (pure). The
 //! [`Runner`] thread runs the command for each, one at a time, from a
@@ -33,11 +33,18 @@ pub enum Condition {
     Degraded,
     RemoteLagging,
     DeviceNearlyFull,
+    /// The last `cln-replica drill` failed (or its result is unreadable).
+    DrillFailed,
 }
 
 impl Condition {
-    pub const ALL: [Condition; 4] =
-        [Condition::Halted, Condition::Degraded, Condition::RemoteLagging, Condition::DeviceNearlyFull];
+    pub const ALL: [Condition; 5] = [
+        Condition::Halted,
+        Condition::Degraded,
+        Condition::RemoteLagging,
+        Condition::DeviceNearlyFull,
+        Condition::DrillFailed,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +52,7 @@ impl Condition {
             Condition::Degraded => "degraded",
             Condition::RemoteLagging => "remote-lagging",
             Condition::DeviceNearlyFull => "device-nearly-full",
+            Condition::DrillFailed => "drill-failed",
         }
     }
 
@@ -54,6 +62,7 @@ impl Condition {
             Condition::Degraded => s.state == PluginState::Degraded,
             Condition::RemoteLagging => s.remote_lagging == Some(true),
             Condition::DeviceNearlyFull => s.device_nearly_full,
+            Condition::DrillFailed => s.drill_ok == Some(false),
         }
     }
 
@@ -71,6 +80,10 @@ impl Condition {
                 format!("a remote destination is behind or failing (largest lag {:.1} s)", lag as f64 / 1000.0)
             }
             (Condition::RemoteLagging, false) => "every remote destination caught up".into(),
+            (Condition::DrillFailed, true) => {
+                "the last restore drill failed: a copy does not restore (cln-replica drill says why)".into()
+            }
+            (Condition::DrillFailed, false) => "the last restore drill passed".into(),
             (Condition::DeviceNearlyFull, raised) => {
                 let free = s.device_free_bytes.unwrap_or(0) as f64 / (1024.0 * 1024.0);
                 let days = s.device_days_left.map_or("unknown".into(), |d| format!("{d:.1}"));
@@ -104,7 +117,7 @@ impl Transition {
 /// Which conditions hold, and what changed since the last status.
 #[derive(Debug, Default)]
 pub struct Conditions {
-    raised: [bool; 4],
+    raised: [bool; Condition::ALL.len()],
 }
 
 impl Conditions {

@@ -162,6 +162,14 @@ fn device(t: &mut Text, s: &PluginStatus) {
         "1 while fewer than warn_days_left days or less than warn_free_percent remain.",
         s.device_nearly_full as u8 as f64,
     );
+    if let (Some(ok), Some(ms)) = (s.drill_ok, s.drill_finished_unix_ms) {
+        t.gauge("cln_replica_drill_ok", "1 if the last restore drill passed, 0 if it failed.", ok as u8 as f64);
+        t.gauge(
+            "cln_replica_drill_finished_timestamp_seconds",
+            "When the last restore drill finished (Unix time).",
+            ms as f64 / 1000.0,
+        );
+    }
 }
 
 fn remote(t: &mut Text, s: &PluginStatus) {

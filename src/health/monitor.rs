@@ -29,6 +29,8 @@ pub struct Settings {
     pub thresholds: Thresholds,
     pub metrics_file: Option<PathBuf>,
     pub on_alert: Option<Vec<String>>,
+    /// The restore drill's result file (crate::drill::result_path).
+    pub drill_result: Option<PathBuf>,
 }
 
 impl Settings {
@@ -38,6 +40,7 @@ impl Settings {
             thresholds: Thresholds { days_left: c.warn_days_left, free_percent: c.warn_free_percent },
             metrics_file: c.metrics_file.clone(),
             on_alert: c.on_alert.clone(),
+            drill_result: crate::drill::result_path(c),
         }
     }
 }
@@ -72,6 +75,7 @@ impl Monitor {
                 conditions: Conditions::default(),
                 nearly_full: false,
                 metrics_error_reported: false,
+                drill_seen: None,
             };
             state.run(&s);
             state.runner
@@ -101,6 +105,9 @@ struct State {
     conditions: Conditions,
     nearly_full: bool,
     metrics_error_reported: bool,
+    /// The drill result file's (mtime, size) when last read: it is read
+    /// again only when it changes.
+    drill_seen: Option<(std::time::SystemTime, u64)>,
 }
 
 impl State {
@@ -113,6 +120,7 @@ impl State {
             let tick = stopping || now >= next_tick;
             if tick {
                 self.sample_device();
+                self.read_drill();
                 next_tick = now + TICK;
             }
             let status = self.board.snapshot();
@@ -182,6 +190,28 @@ impl State {
             }
         }
         self.board.set_device(h);
+    }
+
+    /// Publishes the last drill's outcome. A result that cannot be read
+    /// counts as a failed drill: the operator must look.
+    fn read_drill(&mut self) {
+        let Some(path) = &self.settings.drill_result else { return };
+        let seen = std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        if seen == self.drill_seen {
+            return;
+        }
+        self.drill_seen = seen;
+        if seen.is_none() {
+            self.board.set_drill(None);
+            return;
+        }
+        match crate::drill::read_result(path) {
+            Ok(r) => self.board.set_drill(Some((r.ok, r.finished_unix_ms))),
+            Err(e) => {
+                self.out.log("warn", &format!("cln-replica: the restore drill's result is unreadable: {e}"));
+                self.board.set_drill(Some((false, now_unix_ms())));
+            }
+        }
     }
 
     fn write_metrics(&mut self, status: &crate::status::PluginStatus) {

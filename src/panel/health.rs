@@ -43,6 +43,10 @@ pub struct StatusView {
     /// less than `warn_free_percent` free. Absent means false.
     #[serde(default)]
     pub device_nearly_full: bool,
+    /// Optional: the last restore drill failed (`Some(false)`). Absent means
+    /// no drill has run.
+    #[serde(default)]
+    pub drill_ok: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +143,11 @@ pub fn assess(i: &Inputs) -> Condition {
     }
     match s.state {
         PluginState::Starting => Condition::LightningdDown("starting".into()),
+        // A copy that does not restore is no backup: the alert, though the
+        // journal itself is in sync.
+        PluginState::InSync if s.drill_ok == Some(false) => {
+            Condition::Alert("the last restore drill failed (cln-replica drill)".into())
+        }
         PluginState::InSync if s.device_nearly_full => Condition::DeviceNearlyFull,
         PluginState::InSync if s.remote_lagging == Some(true) => Condition::RemoteLagging,
         PluginState::InSync if i.now_unix_ms.saturating_sub(s.last_write_unix_ms) < WRITING_WINDOW_MS => {
@@ -192,7 +201,17 @@ mod tests {
             remote_lagging: None,
             degraded: None,
             device_nearly_full: false,
+            drill_ok: None,
         }
+    }
+
+    #[test]
+    fn a_failed_drill_is_an_alert_and_a_passed_one_is_not() {
+        let mut v = view(PluginState::InSync);
+        v.drill_ok = Some(false);
+        assert!(matches!(assess_with(Ok(v.clone()), None, true), Condition::Alert(_)));
+        v.drill_ok = Some(true);
+        assert_eq!(assess_with(Ok(v), None, true), Condition::InSync);
     }
 
     fn assess_with(status: Result<StatusView, String>, mounted: Option<bool>, alive: bool) -> Condition {

@@ -24,7 +24,6 @@ use super::{apply_ok, figures, hooks_around_compaction, Figures};
 use crate::sim::workload::Workload;
 use crate::sim::SimNode;
 use anyhow::{bail, Context, Result};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -43,44 +42,51 @@ pub struct Options<'a> {
     pub json: bool,
 }
 
-/// A command's wall time and peak resident set.
+/// A command's wall time and peak resident set (sampled every [`RSS_POLL`]).
 #[derive(Debug, serde::Serialize)]
 struct Run {
     seconds: f64,
     peak_rss_kib: u64,
 }
 
-/// Runs `exe args`, waits for it with wait4 (its own rusage, not that of
-/// every child so far), and fails with its output if it fails.
+/// How often a measured command's peak resident set is sampled.
+const RSS_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `exe args` and samples its VmHWM (the kernel's high-water mark of
+/// its resident set) until it exits, failing with its output if it fails.
+/// Not wait4's ru_maxrss: a child spawned with vfork counts this process's
+/// own resident set too, until it execs.
 fn measured(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<Run> {
     let started = Instant::now();
-    let child = Command::new(exe)
+    let mut child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {}", exe.display()))?;
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.expect("piped");
-    // The command's error output is small; read it before waiting so a
-    // chatty failure cannot block on a full pipe.
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut err).ok();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own unwaited child; both pointers are valid.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if r != pid {
-        bail!("wait4 on {}: {}", exe.display(), std::io::Error::last_os_error());
-    }
+    let pid = child.id();
+    // Its error output is small and read at the end; a chatty command
+    // cannot fill the pipe before that (64 KiB) without failing anyway.
+    let mut peak_rss_kib = 0;
+    let status = loop {
+        if let Some(hwm) = vm_hwm_kib(pid) {
+            peak_rss_kib = peak_rss_kib.max(hwm);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(RSS_POLL);
+    };
     let seconds = started.elapsed().as_secs_f64();
-    let status = std::process::ExitStatus::from_raw(status);
     if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).ok();
+        }
         bail!("{} {:?} failed ({status}): {err}", exe.display(), args);
     }
-    Ok(Run { seconds, peak_rss_kib: usage.ru_maxrss as u64 })
+    Ok(Run { seconds, peak_rss_kib })
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
