@@ -16,9 +16,7 @@ use std::path::Path;
 /// A node with CLN's schema and a few changes, all acknowledged.
 fn node_with_schema(s: &Setup) -> SimNode {
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let t = "CREATE TABLE bad_input (k INTEGER PRIMARY KEY, v BLOB)".to_string();
     expect_continue(node.commit(&[t]).unwrap(), &node);
     node

@@ -12,28 +12,9 @@ fn run(args: &[&str]) -> Output {
     Command::new(EXE).args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A journal of the schema plus `changes` workload changes, written by the plugin.
-fn backed_up(changes: usize) -> (Setup, cln_replica::sim::SimNode) {
-    let s = Setup::new("");
-    let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
-    let mut w = Workload::new(21);
-    for _ in 0..changes {
-        expect_continue(node.apply(&w.next_change()).unwrap(), &node);
-    }
-    node.shutdown_plugin().unwrap();
-    (s, node)
-}
-
 #[test]
 fn restore_refuses_to_overwrite_and_leaves_no_partial_file() {
-    let (s, node) = backed_up(50);
+    let (s, node) = backed_up(21, 50);
     let journal = s.journal.to_str().unwrap().to_string();
     let to = s.path("lightningd.sqlite3");
     std::fs::write(&to, b"the operator's file").unwrap();
@@ -64,7 +45,7 @@ fn restore_refuses_to_overwrite_and_leaves_no_partial_file() {
 
 #[test]
 fn verify_names_the_generation_version_and_offset_of_a_flipped_bit() {
-    let (s, _node) = backed_up(40);
+    let (s, _node) = backed_up(21, 40);
     let journal = s.journal.to_str().unwrap().to_string();
     let o = run(&["verify", "--from", &journal]);
     assert!(o.status.success(), "{}", text(&o));
@@ -88,7 +69,7 @@ fn verify_names_the_generation_version_and_offset_of_a_flipped_bit() {
 
 #[test]
 fn status_lists_what_the_journal_holds_as_text_and_json() {
-    let (s, node) = backed_up(30);
+    let (s, node) = backed_up(21, 30);
     let journal = s.journal.to_str().unwrap().to_string();
     let o = run(&["status", "--from", &journal, "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -105,9 +86,7 @@ fn status_lists_what_the_journal_holds_as_text_and_json() {
 fn backed_up_with(value: &str) -> (Setup, cln_replica::sim::SimNode) {
     let s = Setup::new(&format!("compression = {value:?}\n"));
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(33);
     for i in 0..60 {
         // Now and then a change of several blocks, which zstd stores compressed.

@@ -21,10 +21,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 fn changes(node: &mut SimNode, w: &mut Workload, n: usize) {
     for _ in 0..n {
         expect_continue(node.apply(&w.next_change()).unwrap(), node);

@@ -52,9 +52,7 @@ impl Drill {
 
     fn start(&self) -> SimNode {
         let mut node = self.s.node_with_plugin();
-        for c in Workload::schema() {
-            expect_continue(node.apply(&c).unwrap(), &node);
-        }
+        apply_schema(&mut node);
         node.init_plugin().unwrap();
         node
     }
@@ -94,10 +92,6 @@ fn run(node: &mut SimNode, w: &mut Workload, n: usize) {
     for _ in 0..n {
         expect_continue(node.apply(&w.next_change()).unwrap(), node);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn copy_dir(from: &Path, to: &Path) {

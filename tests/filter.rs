@@ -24,9 +24,7 @@ fn changes(node: &mut SimNode, w: &mut Workload, n: usize) {
 /// A node with its plugin, through lightningd's schema creation.
 fn with_schema(s: &Setup) -> SimNode {
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node
 }
 

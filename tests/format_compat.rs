@@ -52,9 +52,7 @@ fn make_fixture() {
     config(&node_dir, &journal, "");
     let mut node = SimNode::open(&node_dir).unwrap();
     node.start_plugin(&old, &[]).unwrap();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     let mut w = Workload::new(77);
     for _ in 0..150 {

@@ -11,7 +11,6 @@
 mod common;
 
 use cln_replica::remote::crypto::Key;
-use cln_replica::sim::workload::Workload;
 use cln_replica::sim::Change;
 use common::*;
 use std::process::Command;
@@ -71,9 +70,7 @@ fn a_change_of_hundreds_of_mib_is_acknowledged_journaled_mirrored_shipped_and_re
     std::fs::write(&conf, text).unwrap();
 
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     let table = "CREATE TABLE bkpr_import (id INTEGER PRIMARY KEY, account TEXT, credit_msat INTEGER, \
                  debit_msat INTEGER, tag TEXT, timestamp INTEGER, note BLOB)";

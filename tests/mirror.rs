@@ -68,9 +68,7 @@ fn mirror_status(node: &mut SimNode) -> serde_json::Value {
 fn the_mirror_equals_the_node_after_a_clean_stop_and_is_one_file() {
     let (s, mirror) = setup("segment_bytes = 262144\n");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     let mut w = Workload::new(70);
     changes(&mut node, &mut w, 200);
@@ -96,9 +94,7 @@ fn the_mirror_equals_the_node_after_a_clean_stop_and_is_one_file() {
 fn sigkill_at_any_moment_leaves_the_mirror_consistent_at_a_covered_version() {
     let (s, mirror) = setup("segment_bytes = 262144\n");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(71);
     for round in 0..8 {
         changes(&mut node, &mut w, 20 + round * 7);
@@ -136,9 +132,7 @@ fn sigkill_at_any_moment_leaves_the_mirror_consistent_at_a_covered_version() {
 fn the_mirror_follows_compaction_and_is_rebuilt_after_a_gap() {
     let (s, mirror) = setup("segment_bytes = 262144\nkeep_generations = 1\n");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     let mut w = Workload::new(72);
     changes(&mut node, &mut w, 150);
@@ -178,9 +172,7 @@ fn the_mirror_follows_compaction_and_is_rebuilt_after_a_gap() {
 fn a_mirror_holding_a_change_lightningd_never_committed_is_rebuilt() {
     let (s, mirror) = setup("");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(73);
     changes(&mut node, &mut w, 40);
     // lightningd dies after the hook: the plugin sees EOF and brings the

@@ -48,9 +48,7 @@ fn recorded_first_start_restores_whole_and_at_every_chosen_version() {
 fn the_workload_with_crashes_restarts_and_resends() {
     let s = Setup::new("segment_bytes = 262144\n");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     let mut w = Workload::new(7);
     for i in 0..1500 {
@@ -92,9 +90,7 @@ fn a_restart_of_lightningd_that_migrates_cancels_the_uncommitted_change() {
     // back with an upgrade whose first call is a PRAGMA at N - 1.
     let s = Setup::new("");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(1);
     for _ in 0..20 {
         expect_continue(node.apply(&w.next_change()).unwrap(), &node);
@@ -118,9 +114,7 @@ fn a_restart_of_lightningd_that_migrates_cancels_the_uncommitted_change() {
 fn a_gap_heals_with_a_new_snapshot_and_says_how_many_were_missed() {
     let s = Setup::new("");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(3);
     for _ in 0..30 {
         expect_continue(node.apply(&w.next_change()).unwrap(), &node);
@@ -148,9 +142,7 @@ fn a_gap_heals_with_a_new_snapshot_and_says_how_many_were_missed() {
 fn an_older_database_put_back_halts_naming_both_versions() {
     let s = Setup::new("");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(4);
     for _ in 0..10 {
         expect_continue(node.apply(&w.next_change()).unwrap(), &node);
@@ -187,9 +179,7 @@ fn an_older_database_put_back_halts_naming_both_versions() {
 fn sigkill_mid_hook_then_restart_loses_nothing() {
     let s = Setup::new("");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let mut w = Workload::new(5);
     for round in 0..15 {
         for _ in 0..5 {
@@ -217,9 +207,7 @@ fn a_brand_new_node_restores_with_its_whole_schema_from_an_empty_snapshot() {
     let s = Setup::new("");
     let mut node = s.node_with_plugin();
     assert!(!s.node_dir.join("lightningd.sqlite3").exists() || node.data_version() == 0);
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let inv = cln_replica::inventory::inventory(&s.journal).unwrap();
     assert_eq!(inv.generations[0].base.name(), "empty");
     assert_eq!(inv.generations[0].base_version, 0);
@@ -230,9 +218,7 @@ fn a_brand_new_node_restores_with_its_whole_schema_from_an_empty_snapshot() {
 fn hooks_answered_after_the_shutdown_notification_and_exit_when_quiet() {
     let s = Setup::new("shutdown_quiet_ms = 300\n");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     node.send_raw(br#"{"jsonrpc":"2.0","method":"shutdown","params":{}}"#).unwrap();
     // Another plugin winding down makes lightningd write: still answered.
@@ -251,9 +237,7 @@ fn hooks_answered_after_the_shutdown_notification_and_exit_when_quiet() {
 fn statements_sqlite_rejects_are_named_at_restore() {
     let s = Setup::new("");
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let v = node.data_version();
     // The plugin stores what lightningd sent; it cannot know SQL.
     let writes = vec!["THIS IS NOT SQL;".to_string(), format!("{INCREMENT_PREFIX}{v}")];

@@ -42,9 +42,7 @@ fn file_destination(dir: &Path) -> String {
 
 fn start(s: &Setup) -> SimNode {
     let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     node.init_plugin().unwrap();
     node
 }
@@ -58,10 +56,6 @@ fn run(node: &mut SimNode, w: &mut Workload, n: usize) {
 
 fn cli(args: &[&str]) -> Output {
     Command::new(EXE).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Restores from `url` with the real binary; Err carries its output.

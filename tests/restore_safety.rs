@@ -45,25 +45,6 @@ fn run_in(args: &[&str], cwd: Option<&Path>) -> Output {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A journal of the schema plus `changes` workload changes, written by the plugin.
-fn backed_up(changes: usize) -> (Setup, cln_replica::sim::SimNode) {
-    let s = Setup::new("");
-    let mut node = s.node_with_plugin();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
-    let mut w = Workload::new(5);
-    for _ in 0..changes {
-        expect_continue(node.apply(&w.next_change()).unwrap(), &node);
-    }
-    node.shutdown_plugin().unwrap();
-    (s, node)
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -87,7 +68,7 @@ fn with_hot_journal(at: &Path) {
 
 #[test]
 fn a_hot_journal_is_moved_aside_with_the_file_it_belongs_to() {
-    let (s, node) = backed_up(40);
+    let (s, node) = backed_up(5, 40);
     let to = s.path("lightningd.sqlite3");
     with_hot_journal(&to);
     let o = run(&["restore", "--from", path(&s.journal), "--to", path(&to), "--force", "--allow-older", "--json"]);
@@ -114,7 +95,7 @@ fn a_hot_journal_is_moved_aside_with_the_file_it_belongs_to() {
 
 #[test]
 fn an_older_state_never_silently_replaces_a_newer_one() {
-    let (s, node) = backed_up(40);
+    let (s, node) = backed_up(5, 40);
     let newest = node.data_version();
     let to = s.path("lightningd.sqlite3");
     let o = run(&["restore", "--from", path(&s.journal), "--to", path(&to)]);
@@ -138,7 +119,7 @@ fn an_older_state_never_silently_replaces_a_newer_one() {
 
 #[test]
 fn only_a_regular_file_is_replaced() {
-    let (s, _node) = backed_up(5);
+    let (s, _node) = backed_up(5, 5);
     let fifo = s.path("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let link = s.path("link");
@@ -170,7 +151,7 @@ fn holder(file: &Path, lockf: bool) -> std::process::Child {
 
 #[test]
 fn a_database_in_use_is_not_replaced() {
-    let (s, _node) = backed_up(5);
+    let (s, _node) = backed_up(5, 5);
     let net = s.tmp.path().join("ln").join("regtest");
     std::fs::create_dir_all(&net).unwrap();
     let to = net.join("lightningd.sqlite3");
@@ -258,7 +239,7 @@ fn a_forged_record_runs_nothing_lightningd_never_sends() {
 
 #[test]
 fn a_fifo_in_the_journal_is_an_error_not_a_hang() {
-    let (s, _node) = backed_up(5);
+    let (s, _node) = backed_up(5, 5);
     let seg = s.journal.join("gen-0000000001").join("segment-00000001");
     std::fs::remove_file(&seg).unwrap();
     nix::unistd::mkfifo(&seg, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -280,7 +261,7 @@ fn a_fifo_in_the_journal_is_an_error_not_a_hang() {
 
 #[test]
 fn an_absurd_segment_is_refused_at_once() {
-    let (s, _node) = backed_up(5);
+    let (s, _node) = backed_up(5, 5);
     let gen = s.journal.join("gen-0000000001");
     // A 64 GiB sparse segment whose header says so.
     let h = cln_replica::journal::Generation::open(&s.journal, 1).unwrap().header;
@@ -325,9 +306,7 @@ fn a_journal_path_that_is_not_utf8_works() {
     let mut node = cln_replica::sim::SimNode::open(&node_dir).unwrap();
     node.start_plugin(Path::new(EXE), &[]).unwrap();
     node.init_plugin().unwrap();
-    for c in Workload::schema() {
-        expect_continue(node.apply(&c).unwrap(), &node);
-    }
+    apply_schema(&mut node);
     let answer = node.request("replica-status", serde_json::json!({})).unwrap().unwrap()["result"].clone();
     assert!(answer["journal"].as_str().is_some_and(|j| j.contains("node-")), "{answer}");
     node.shutdown_plugin().unwrap();

@@ -229,6 +229,24 @@ fn apply_ok(node: &mut SimNode, change: &crate::sim::Change) -> Result<()> {
     }
 }
 
+/// Grows the node's database to at least `mib` MiB with 32 KiB blobs of
+/// random bytes in `datastore` (incompressible), then 200 ordinary changes;
+/// returns its size.
+fn grow_database(node: &mut SimNode, w: &mut crate::sim::workload::Workload, mib: u64) -> Result<u64> {
+    // Blobs are hex in SQL: a change of CHANGE_BYTES adds about half as much.
+    const CHANGE_BYTES: usize = 4 << 20;
+    let db_path = crate::sim::node::database_path(&node.dir);
+    while std::fs::metadata(&db_path)?.len() < mib << 20 {
+        let c = w.big_change(CHANGE_BYTES);
+        apply_ok(node, &c)?;
+    }
+    for _ in 0..200 {
+        let c = w.next_change();
+        apply_ok(node, &c)?;
+    }
+    Ok(std::fs::metadata(&db_path)?.len())
+}
+
 /// The latencies of `n` hooks of the ordinary workload.
 fn timed_hooks(node: &mut SimNode, w: &mut crate::sim::workload::Workload, n: usize) -> Result<Vec<u64>> {
     let from = node.hook_latencies_us.len();
@@ -308,18 +326,7 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     node.init_plugin()?;
     let mut w = Workload::new(1);
     let built = Instant::now();
-    // Blobs are hex in SQL: a change of CHUNK bytes adds about CHUNK / 2.
-    const CHUNK: usize = 4 << 20;
-    let db_path = crate::sim::node::database_path(&node_dir);
-    while std::fs::metadata(&db_path)?.len() < mib << 20 {
-        let c = w.big_change(CHUNK);
-        apply_ok(&mut node, &c)?;
-    }
-    for _ in 0..200 {
-        let c = w.next_change();
-        apply_ok(&mut node, &c)?;
-    }
-    let db_bytes = std::fs::metadata(&db_path)?.len();
+    let db_bytes = grow_database(&mut node, &mut w, mib)?;
     let build_s = built.elapsed().as_secs_f64();
 
     let CompactionRun { without: baseline, during, seconds: compaction_s, switch_us } =

@@ -25,7 +25,8 @@ pub enum SyncMode {
 }
 
 /// The environment variable that selects [`SyncMode`]: `dsync` or `fdatasync`
-/// (the default; anything else is refused loudly at the first open).
+/// (the default; any other value is named on stderr, which lightningd logs,
+/// and fdatasync is used).
 pub const SYNC_MODE_ENV: &str = "CLN_REPLICA_SYNC";
 
 impl SyncMode {

@@ -12,3 +12,13 @@ pub mod trace;
 pub mod workload;
 
 pub use node::{Change, HookOutcome, SimNode};
+
+/// How lightningd ends a transaction whose hook answered `continue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnEnd {
+    /// It commits.
+    Commit,
+    /// It dies between the hook's `continue` and COMMIT: the transaction is
+    /// rolled back, and the plugin sees its stdin close.
+    CrashBeforeCommit,
+}

@@ -12,6 +12,7 @@
 
 use crate::plugin::protocol::{Frame, FrameReader};
 use crate::sim::trace::TraceCall;
+use crate::sim::TxnEnd;
 use crate::state::{CallKind, INCREMENT_PREFIX};
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
@@ -274,13 +275,12 @@ impl SimNode {
     pub fn commit(&mut self, statements: &[String]) -> Result<HookOutcome> {
         let mut writes = statements.to_vec();
         writes.push(format!("{INCREMENT_PREFIX}{}", self.data_version));
-        self.run_txn(&writes, false)
+        self.run_txn(&writes, TxnEnd::Commit)
     }
 
     /// Runs a transaction whose statements already end with the increment
-    /// (a recorded trace). `crash` rolls back after a `continue` instead of
-    /// committing: lightningd died between the hook and COMMIT.
-    fn run_txn(&mut self, writes: &[String], crash: bool) -> Result<HookOutcome> {
+    /// (a recorded trace), ended as `end` says after a `continue`.
+    fn run_txn(&mut self, writes: &[String], end: TxnEnd) -> Result<HookOutcome> {
         self.conn.execute_batch("BEGIN")?;
         if let Err(e) = self.exec_all(writes) {
             self.conn.execute_batch("ROLLBACK")?;
@@ -289,7 +289,7 @@ impl SimNode {
         let n = self.data_version.wrapping_add(1);
         let outcome = self.hook(n, writes);
         match outcome {
-            Ok(HookOutcome::Continue) if !crash => {
+            Ok(HookOutcome::Continue) if end == TxnEnd::Commit => {
                 self.conn.execute_batch("COMMIT")?;
                 self.data_version = n;
             }
@@ -325,7 +325,7 @@ impl SimNode {
                         self.data_version
                     );
                 }
-                self.run_txn(&call.writes, false)
+                self.run_txn(&call.writes, TxnEnd::Commit)
             }
             CallKind::InPlace => {
                 if call.data_version != self.data_version {
@@ -345,7 +345,7 @@ impl SimNode {
     pub fn crash_after_hook(&mut self, statements: &[String]) -> Result<(HookOutcome, Option<ExitStatus>)> {
         let mut writes = statements.to_vec();
         writes.push(format!("{INCREMENT_PREFIX}{}", self.data_version));
-        let outcome = self.run_txn(&writes, true)?;
+        let outcome = self.run_txn(&writes, TxnEnd::CrashBeforeCommit)?;
         let status = self.close_plugin()?;
         Ok((outcome, status))
     }

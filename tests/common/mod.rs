@@ -76,6 +76,33 @@ pub fn expect_continue(outcome: HookOutcome, node: &SimNode) {
     assert_eq!(outcome, HookOutcome::Continue, "plugin log:\n{}", node.logs().join("\n"));
 }
 
+/// lightningd's first start: the recorded schema, each change acknowledged.
+pub fn apply_schema(node: &mut SimNode) {
+    for c in cln_replica::sim::workload::Workload::schema() {
+        let outcome = node.apply(&c).unwrap();
+        expect_continue(outcome, node);
+    }
+}
+
+/// A journal of the schema plus `changes` changes of the workload `seed`,
+/// written by the plugin, which is then stopped cleanly.
+pub fn backed_up(seed: u64, changes: usize) -> (Setup, SimNode) {
+    let s = Setup::new("");
+    let mut node = s.node_with_plugin();
+    apply_schema(&mut node);
+    let mut w = cln_replica::sim::workload::Workload::new(seed);
+    for _ in 0..changes {
+        expect_continue(node.apply(&w.next_change()).unwrap(), &node);
+    }
+    node.shutdown_plugin().unwrap();
+    (s, node)
+}
+
+/// A command's stdout and stderr, for messages and assertions.
+pub fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
 pub fn refusal(outcome: HookOutcome) -> String {
     match outcome {
         HookOutcome::Refused(why) => why,

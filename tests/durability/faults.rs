@@ -37,7 +37,7 @@ fn bed() -> Bed {
     }
     ln.start_plugin();
     let t = "CREATE TABLE durability_blobs (k INTEGER PRIMARY KEY, v BLOB NOT NULL)".to_string();
-    assert_eq!(ln.txn(&[t], false), Answer::Continue);
+    assert_eq!(ln.txn(&[t], TxnEnd::Commit), Answer::Continue);
     let mut work = Workload::new(77);
     for _ in 0..5 {
         assert_eq!(ln.apply(&work.next_change()), Answer::Continue);
@@ -155,7 +155,7 @@ fn a_full_device_at_a_segment_switch_or_a_new_generation_refuses() {
     for i in 0..40 {
         let acked = bed.ln.hash();
         let big = format!("INSERT INTO durability_blobs VALUES ({i}, x'{}')", "ab".repeat(6000));
-        match bed.ln.txn(&[big], false) {
+        match bed.ln.txn(&[big], TxnEnd::Commit) {
             Answer::Continue => {}
             Answer::Refuse(why) => {
                 refused = Some((why, acked));

@@ -14,6 +14,7 @@ use cln_replica::device::Device;
 use cln_replica::plugin::engine::{Answer, Engine};
 use cln_replica::plugin::protocol::Output;
 use cln_replica::sim::Change;
+pub use cln_replica::sim::TxnEnd;
 use cln_replica::state::INCREMENT_PREFIX;
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -198,10 +199,10 @@ impl Lightningd {
         self.note(Note::Committed { version: self.version, hash, db });
     }
 
-    /// One transaction as lightningd runs it. `crash` makes lightningd die
-    /// between the hook's `continue` and COMMIT. Without a plugin it commits
-    /// unseen (a gap). Returns the hook's answer (`Continue` without plugin).
-    pub fn txn(&mut self, statements: &[String], crash: bool) -> Answer {
+    /// One transaction as lightningd runs it, ended as `end` says after a
+    /// `continue`. Without a plugin it commits unseen (a gap). Returns the
+    /// hook's answer (`Continue` without plugin).
+    pub fn txn(&mut self, statements: &[String], end: TxnEnd) -> Answer {
         let mut writes = statements.to_vec();
         writes.push(format!("{INCREMENT_PREFIX}{}", self.version));
         self.conn.execute_batch("BEGIN").unwrap();
@@ -218,14 +219,14 @@ impl Lightningd {
         let hash = if self.track { self.hash() } else { 0 };
         self.note(Note::Sent { version: n, hash });
         let answer = self.hook(n, &writes);
-        match (&answer, crash) {
-            (Answer::Continue, false) => {
+        match (&answer, end) {
+            (Answer::Continue, TxnEnd::Commit) => {
                 self.note(Note::Acked { version: n, hash });
                 self.conn.execute_batch("COMMIT").unwrap();
                 self.version = n;
                 self.committed();
             }
-            (Answer::Continue, true) => {
+            (Answer::Continue, TxnEnd::CrashBeforeCommit) => {
                 self.note(Note::Acked { version: n, hash });
                 self.conn.execute_batch("ROLLBACK").unwrap();
                 self.note(Note::RolledBack);
@@ -259,7 +260,7 @@ impl Lightningd {
 
     pub fn apply(&mut self, change: &Change) -> Answer {
         match change {
-            Change::Txn(s) => self.txn(s, false),
+            Change::Txn(s) => self.txn(s, TxnEnd::Commit),
             Change::InPlace(s) => self.in_place(s),
         }
     }

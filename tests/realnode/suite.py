@@ -35,7 +35,7 @@ from realnode import (  # noqa: E402
     wait_for, wait_gossip)
 
 # The stop of a node with the plugin may take at most this much longer than
-# without it (the bound).
+# without it.
 STOP_OVERHEAD_LIMIT_S = 2.0
 # Small journal segments: a new one is allocated every ~128 records, so the
 # disk-full fault bites within seconds of filling the device.

@@ -20,7 +20,7 @@
 //! is on `--dir`, the backup device. scripts/scale-bench runs this on a
 //! loop-mounted ext4, also throttled to a USB stick's speed.
 
-use super::{apply_ok, figures, hooks_around_compaction, Figures};
+use super::{apply_ok, figures, grow_database, hooks_around_compaction, Figures};
 use crate::sim::workload::Workload;
 use crate::sim::SimNode;
 use anyhow::{bail, Context, Result};
@@ -144,17 +144,8 @@ pub fn run(o: Options) -> Result<ExitCode> {
         apply_ok(&mut node, &c)?;
     }
     let mut w = Workload::new(1);
+    let db_bytes = grow_database(&mut node, &mut w, o.mib)?;
     let db_path = crate::sim::node::database_path(&node_dir);
-    const BIG_CHANGE_BYTES: usize = 4 << 20;
-    while std::fs::metadata(&db_path)?.len() < o.mib << 20 {
-        let c = w.big_change(BIG_CHANGE_BYTES);
-        apply_ok(&mut node, &c)?;
-    }
-    for _ in 0..200 {
-        let c = w.next_change();
-        apply_ok(&mut node, &c)?;
-    }
-    let db_bytes = std::fs::metadata(&db_path)?.len();
     let build_s = built.elapsed().as_secs_f64();
 
     let mut cfg = super::super::demo::write_config(&node_dir, &journal)?;
@@ -238,43 +229,9 @@ pub fn run(o: Options) -> Result<ExitCode> {
     };
     if o.json {
         println!("{}", serde_json::to_string(&report)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        report.print(o.mib, o.dir);
     }
-    let r = &report;
-    println!(
-        "cln-replica bench --scale-mib {}: database {} (built without the plugin in {:.1} s), journal in {}",
-        o.mib,
-        super::super::bytes(db_bytes),
-        r.build_seconds,
-        o.dir.display()
-    );
-    println!("  first hook (the snapshot, lightningd waiting): {:>8.2} s", r.first_hook_seconds);
-    println!("  destination caught up after it:                {:>8.2} s", r.ship_seconds);
-    println!(
-        "  hooks without compaction:  p50 {:>6} us  p99 {:>6} us  max {:>8} us",
-        r.without_compaction.p50_us, r.without_compaction.p99_us, r.without_compaction.max_us
-    );
-    println!(
-        "  hooks during compaction:   p50 {:>6} us  p99 {:>6} us  max {:>8} us  ({:.1} s; switch {} us)",
-        r.during_compaction.p50_us,
-        r.during_compaction.p99_us,
-        r.during_compaction.max_us,
-        r.compaction_seconds,
-        r.switch_us
-    );
-    println!("  p99 during / p99 without = {:.2}", r.p99_ratio);
-    println!("  destination caught up after the compaction:   {:>8.2} s", r.ship_after_compaction_seconds);
-    println!(
-        "  plugin peak RSS: {:.1} MiB ({:.1} MiB after the snapshot)",
-        mib(r.plugin_peak_rss_kib),
-        mib(r.plugin_rss_after_snapshot_kib)
-    );
-    for (what, run) in
-        [("restore (journal)", &r.restore), ("verify", &r.verify), ("restore --from file://", &r.remote_restore)]
-    {
-        println!("  {what:<24} {:>8.2} s  peak RSS {:>7.1} MiB", run.seconds, mib(run.peak_rss_kib));
-    }
-    println!("  the restores and the mirror equal the node's database");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -295,4 +252,44 @@ struct Report {
     restore: Run,
     verify: Run,
     remote_restore: Run,
+}
+
+impl Report {
+    fn print(&self, scale_mib: u64, dir: &Path) {
+        let r = self;
+        println!(
+            "cln-replica bench --scale-mib {}: database {} (built without the plugin in {:.1} s), journal in {}",
+            scale_mib,
+            super::super::bytes(r.database_bytes),
+            r.build_seconds,
+            dir.display()
+        );
+        println!("  first hook (the snapshot, lightningd waiting): {:>8.2} s", r.first_hook_seconds);
+        println!("  destination caught up after it:                {:>8.2} s", r.ship_seconds);
+        println!(
+            "  hooks without compaction:  p50 {:>6} us  p99 {:>6} us  max {:>8} us",
+            r.without_compaction.p50_us, r.without_compaction.p99_us, r.without_compaction.max_us
+        );
+        println!(
+            "  hooks during compaction:   p50 {:>6} us  p99 {:>6} us  max {:>8} us  ({:.1} s; switch {} us)",
+            r.during_compaction.p50_us,
+            r.during_compaction.p99_us,
+            r.during_compaction.max_us,
+            r.compaction_seconds,
+            r.switch_us
+        );
+        println!("  p99 during / p99 without = {:.2}", r.p99_ratio);
+        println!("  destination caught up after the compaction:   {:>8.2} s", r.ship_after_compaction_seconds);
+        println!(
+            "  plugin peak RSS: {:.1} MiB ({:.1} MiB after the snapshot)",
+            mib(r.plugin_peak_rss_kib),
+            mib(r.plugin_rss_after_snapshot_kib)
+        );
+        for (what, run) in
+            [("restore (journal)", &r.restore), ("verify", &r.verify), ("restore --from file://", &r.remote_restore)]
+        {
+            println!("  {what:<24} {:>8.2} s  peak RSS {:>7.1} MiB", run.seconds, mib(run.peak_rss_kib));
+        }
+        println!("  the restores and the mirror equal the node's database");
+    }
 }
