@@ -61,7 +61,7 @@ impl Builder {
         }
         device.create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let snap = dir.join(layout::SNAPSHOT_FILE);
-        replay::copy_snapshot_paced(old, &snap, Some(8 << 20))?;
+        replay::copy_snapshot_paced(old, &snap, Some(1 << 20))?;
         crash_point("compact-snapshot-copied");
         let block_bytes = old.block_bytes();
         let segment_bytes = opts.segment_bytes.next_multiple_of(block_bytes as u64);
