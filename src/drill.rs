@@ -231,17 +231,7 @@ fn check_journal(journal: &Path, scratch: &Path) -> (JournalCheck, Option<Newest
 }
 
 fn describe_problem(p: &crate::verify::Problem) -> String {
-    let mut at = vec![];
-    if let Some(g) = p.generation {
-        at.push(format!("generation {g}"));
-    }
-    if let Some(v) = p.data_version {
-        at.push(format!("data_version {v}"));
-    }
-    if let Some(l) = &p.location {
-        at.push(l.clone());
-    }
-    format!("[{}] {}", at.join(", "), p.detail)
+    format!("[{}] {}", p.place(), p.detail)
 }
 
 /// What a destination restored to.

@@ -24,6 +24,23 @@ pub struct Problem {
     pub detail: String,
 }
 
+impl Problem {
+    /// Where it is: "generation G, data_version V, <location>", as known.
+    pub fn place(&self) -> String {
+        let mut at = vec![];
+        if let Some(g) = self.generation {
+            at.push(format!("generation {g}"));
+        }
+        if let Some(v) = self.data_version {
+            at.push(format!("data_version {v}"));
+        }
+        if let Some(l) = &self.location {
+            at.push(l.clone());
+        }
+        at.join(", ")
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationCheck {
     pub generation: u64,

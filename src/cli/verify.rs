@@ -60,17 +60,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             println!("replayed the newest generation to data_version {v}: integrity check ok");
         }
         for p in &report.problems {
-            let mut at = vec![];
-            if let Some(g) = p.generation {
-                at.push(format!("generation {g}"));
-            }
-            if let Some(v) = p.data_version {
-                at.push(format!("data_version {v}"));
-            }
-            if let Some(l) = &p.location {
-                at.push(l.clone());
-            }
-            println!("PROBLEM [{}]: {}", at.join(", "), p.detail);
+            println!("PROBLEM [{}]: {}", p.place(), p.detail);
         }
         println!("{}", if report.ok() { "journal OK" } else { "journal has problems" });
     }

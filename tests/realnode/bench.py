@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from realnode import (Env, Failure, Payer, connect, log, run, setup_star,  # noqa: E402
+from realnode import (Env, Failure, Payer, pay_cycle, connect, log, run, setup_star,  # noqa: E402
                       wait_channel_normal)
 from pyln.client import RpcError  # noqa: E402
 
@@ -128,17 +128,6 @@ def write_config(a, status_file=True):
         f.write('\n'.join(lines) + '\n')
 
 
-def cycle(payer, a, b, c, i):
-    """The i-th payment of the cycle b->a, a->b, c->b (forwarded by a)."""
-    k = i % 3
-    if k == 0:
-        payer.pay(b, a)
-    elif k == 1:
-        payer.pay(a, b)
-    else:
-        payer.pay(c, b)
-
-
 def start_arm(env, a, arm, lightningd, floor_plugin, alt_plugin):
     os.environ['CLN_REPLICA_SYNC'] = 'dsync' if arm == 'replica-dsync' else 'fdatasync'
     write_config(a, status_file=arm != 'replica-nostatus')
@@ -155,14 +144,14 @@ def measure_arm(env, a, b, c, payer, arm, n, lightningd, floor_plugin, alt_plugi
     # Warm-up, untimed: the first payment after a restart pays for route
     # discovery and the plugin's first hooks after init.
     for i in range(3):
-        cycle(payer, a, b, c, i)
+        pay_cycle(payer, a, b, c, i)
     for x in (a, b, c):
         x.wait_htlcs_resolved()
     st0 = a.replica_status() if arm.startswith('replica') else None
     dv0 = db_version(a.db)
     t0 = time.time()
     for i in range(n):
-        cycle(payer, a, b, c, i)
+        pay_cycle(payer, a, b, c, i)
     secs = time.time() - t0
     for x in (a, b, c):
         x.wait_htlcs_resolved()

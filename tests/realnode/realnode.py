@@ -915,3 +915,15 @@ def setup_star(env, a, b, c, extra_channel=True):
     wait_gossip(b, scids['ca'])
     wait_gossip(c, scids['ab'])
     return scids
+
+
+def pay_cycle(payer, a, b, c, i):
+    """The i-th payment of the cycle b->a, a->b, c->b (forwarded by a): the
+    workload of bench.py and soak.py."""
+    k = i % 3
+    if k == 0:
+        payer.pay(b, a)
+    elif k == 1:
+        payer.pay(a, b)
+    else:
+        payer.pay(c, b)

@@ -45,7 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import suite  # noqa: E402
-from realnode import (Env, Failure, Payer, compare_dbs, connect, journal_tip, log, restore, run,  # noqa: E402
+from realnode import (Env, Failure, Payer, pay_cycle, compare_dbs, connect, journal_tip, log, restore, run,  # noqa: E402
                       setup_star, wait_channel_normal, wait_for)
 from pyln.client import RpcError  # noqa: E402
 
@@ -59,16 +59,6 @@ FAULTS = ('kill9_lightningd', 'kill9_plugin', 'device_full', 'compaction', 'clea
 PAYMENTS_PER_FAULT_MIN = 15
 COMPACTION_TIMEOUT_S = 240
 FLOWING_TIMEOUT_S = 120
-
-
-def cycle(payer, a, b, c, i):
-    k = i % 3
-    if k == 0:
-        payer.pay(b, a)
-    elif k == 1:
-        payer.pay(a, b)
-    else:
-        payer.pay(c, b)
 
 
 class Stream:
@@ -87,7 +77,7 @@ class Stream:
     def _run(self):
         while not self.stop_flag.is_set():
             try:
-                cycle(self.payer, *self.nodes, self.i)
+                pay_cycle(self.payer, *self.nodes, self.i)
                 self.ok += 1
             except Exception:  # noqa: B902 - an interrupted payment is expected
                 self.failed += 1
@@ -155,7 +145,7 @@ class Soak:
 
     def steady(self, n):
         for _ in range(n):
-            cycle(self.payer, *self.nodes, self.index)
+            pay_cycle(self.payer, *self.nodes, self.index)
             self.index += 1
             self.paid += 1
             if self.paid % 10 == 0:
