@@ -48,7 +48,9 @@ pub struct Config {
     /// for this long.
     #[serde(default = "default_shutdown_quiet_ms")]
     pub shutdown_quiet_ms: u64,
-    /// Where the plugin publishes its status as JSON (atomically replaced).
+    /// Where the plugin publishes its status as JSON (atomically replaced;
+    /// relative to this file's directory unless absolute, so the plugin, the
+    /// panel and `cln-replica status` find the same file).
     #[serde(default)]
     pub status_file: Option<PathBuf>,
     /// Where `cln-replica drill` writes its result as JSON (default:
@@ -366,6 +368,9 @@ impl Config {
         if let Some(m) = c.metrics_file.as_mut().filter(|m| m.is_relative()) {
             *m = base.join(&*m);
         }
+        if let Some(s) = c.status_file.as_mut().filter(|s| s.is_relative()) {
+            *s = base.join(&*s);
+        }
         if c.database.is_relative() {
             c.database = network_dir.join(&c.database);
         }
@@ -527,9 +532,10 @@ mod tests {
     fn relative_paths_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "journal = \"j\"\n").unwrap();
+        std::fs::write(&path, "journal = \"j\"\nstatus_file = \"s.json\"\n").unwrap();
         let c = Config::load(&path, Path::new("/net")).unwrap();
         assert_eq!(c.journal, dir.path().join("j"));
+        assert_eq!(c.status_file.as_deref(), Some(dir.path().join("s.json").as_path()));
         assert_eq!(c.database, Path::new("/net/lightningd.sqlite3"));
     }
 }
