@@ -71,6 +71,12 @@ pub struct Args {
     /// without the `lab` feature, as operators install it
     #[arg(long, value_name = "PATH")]
     plugin: Option<PathBuf>,
+    /// With the plain hook benchmark: also ship to a `file://` destination in
+    /// a temporary directory under this one (`remote_sync = "none"`: the
+    /// hook does not wait for it), to compare the hook's path with and
+    /// without destinations
+    #[arg(long)]
+    with_destination: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -123,7 +129,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let node_dir = work.path().join("node");
     let journal = work.path().join("journal");
     std::fs::create_dir_all(&node_dir)?;
-    super::demo::write_config(&node_dir, &journal)?;
+    let cfg = super::demo::write_config(&node_dir, &journal)?;
+    if a.with_destination {
+        let key = work.path().join("replica.key");
+        crate::remote::crypto::Key::generate()?.write_new_file(&key)?;
+        let mut text = crate::config::Config { key_file: Some(key), ..cfg }.to_toml()?;
+        text.push_str(&format!("[[destination]]\nurl = \"file://{}\"\n", work.path().join("destination").display()));
+        std::fs::write(node_dir.join(crate::config::CONFIG_FILE), text)?;
+    }
 
     // Real changes (after the schema), renumbered as a continuous sequence.
     let calls = trace::first_start();
@@ -200,10 +213,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({"dir": a.dir, "hooks": a.hooks, "change_bytes_mean": mean_bytes, "hook": hook, "floor": floor,
-                "floor_dsync": floor_dsync, "plugin_sync": plugin_sync, "p50_ratio": ratio, "plugin_internal_p50_us": internal_p50})
+                "floor_dsync": floor_dsync, "plugin_sync": plugin_sync, "with_destination": a.with_destination, "p50_ratio": ratio, "plugin_internal_p50_us": internal_p50})
         );
     } else {
-        println!("cln-replica bench: {} hooks in {} (real changes, mean {mean_bytes} bytes)", a.hooks, a.dir.display());
+        let shipping = if a.with_destination { ", shipping to a file:// destination" } else { "" };
+        println!(
+            "cln-replica bench: {} hooks in {} (real changes, mean {mean_bytes} bytes{shipping})",
+            a.hooks,
+            a.dir.display()
+        );
         println!(
             "  floor (O_DIRECT 4 KiB write + fdatasync, preallocated): p50 {:>6} us  p99 {:>6} us  max {:>7} us",
             floor.p50_us, floor.p99_us, floor.max_us
