@@ -115,6 +115,21 @@ fn wait_caught_up(s: &Setup, node: &SimNode, timeout: Duration) {
     });
 }
 
+/// The destination directory goes away (a NAS unmounted): a file where the
+/// directory was, so every upload fails. Returns where it was put aside.
+fn take_away(dest: &Path) -> PathBuf {
+    let aside = dest.with_extension("aside");
+    std::fs::rename(dest, &aside).unwrap();
+    std::fs::write(dest, b"not a directory").unwrap();
+    aside
+}
+
+/// The destination comes back as it was.
+fn bring_back(dest: &Path, aside: &Path) {
+    std::fs::remove_file(dest).unwrap();
+    std::fs::rename(aside, dest).unwrap();
+}
+
 fn objects(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     for g in std::fs::read_dir(dir).unwrap() {
@@ -305,10 +320,7 @@ fn background_shipping_survives_an_outage_and_restarts() {
     let mut w = Workload::new(5);
     run(&mut node, &mut w, 100);
     wait_caught_up(&s, &node, Duration::from_secs(20));
-    // The destination goes away (a NAS unmounted): a file where the directory was.
-    let aside = tmp.path().join("nas-aside");
-    std::fs::rename(&dest, &aside).unwrap();
-    std::fs::write(&dest, b"not a directory").unwrap();
+    let aside = take_away(&dest);
     run(&mut node, &mut w, 100);
     wait_status(&s, &node, "the outage shows", Duration::from_secs(30), |st| {
         st.remote
@@ -321,8 +333,7 @@ fn background_shipping_survives_an_outage_and_restarts() {
     node.start_plugin(Path::new(EXE), &[]).unwrap();
     node.init_plugin().unwrap();
     run(&mut node, &mut w, 50);
-    std::fs::remove_file(&dest).unwrap();
-    std::fs::rename(&aside, &dest).unwrap();
+    bring_back(&dest, &aside);
     wait_caught_up(&s, &node, Duration::from_secs(60));
     let restored = restore_from(&s, &format!("file://{}", dest.display()), &key, "after-outage.sqlite3").unwrap();
     assert_same_as_node(&s, &node, &restored);
@@ -343,9 +354,7 @@ fn a_generation_retired_before_it_was_shipped_is_skipped_for_the_next_base() {
     let mut w = Workload::new(21);
     run(&mut node, &mut w, 50);
     wait_caught_up(&s, &node, Duration::from_secs(30));
-    let aside = tmp.path().join("nas-aside");
-    std::fs::rename(&dest, &aside).unwrap();
-    std::fs::write(&dest, b"not a directory").unwrap();
+    let aside = take_away(&dest);
     run(&mut node, &mut w, 50);
     let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
     assert_eq!(answer["result"]["started"], true, "{answer}");
@@ -368,8 +377,7 @@ fn a_generation_retired_before_it_was_shipped_is_skipped_for_the_next_base() {
     assert!(ok.success());
     node.start_plugin(Path::new(EXE), &[]).unwrap();
     node.init_plugin().unwrap();
-    std::fs::remove_file(&dest).unwrap();
-    std::fs::rename(&aside, &dest).unwrap();
+    bring_back(&dest, &aside);
     run(&mut node, &mut w, 5);
     wait_caught_up(&s, &node, Duration::from_secs(90));
     let restored = restore_from(&s, &format!("file://{}", dest.display()), &key, "after-retention.sqlite3").unwrap();
@@ -389,8 +397,7 @@ fn sync_tier_never_continues_for_an_unreplicated_channel_change() {
     let mut node = start(&s);
     let mut w = Workload::new(3);
     run(&mut node, &mut w, 60);
-    std::fs::rename(&dest, tmp.path().join("gone")).unwrap();
-    std::fs::write(&dest, b"not a directory").unwrap();
+    let aside = take_away(&dest);
     // An invoice: background tier, answered at once.
     let invoice = vec!["INSERT INTO vars (name, intval) VALUES ('remote-test', 1);".to_string()];
     expect_continue(node.commit(&invoice).unwrap(), &node);
@@ -401,8 +408,7 @@ fn sync_tier_never_continues_for_an_unreplicated_channel_change() {
     assert_eq!(node.data_version(), v, "lightningd did not commit it");
     node.kill_plugin().unwrap();
     // The remote holds nothing newer than what was acknowledged before.
-    std::fs::remove_file(&dest).unwrap();
-    std::fs::rename(tmp.path().join("gone"), &dest).unwrap();
+    bring_back(&dest, &aside);
     let restored = restore_from(&s, &format!("file://{}", dest.display()), &key, "halted.sqlite3").unwrap();
     let conn = rusqlite::Connection::open(&restored).unwrap();
     let rv: i64 = conn.query_row("SELECT intval FROM vars WHERE name = 'data_version'", [], |r| r.get(0)).unwrap();
@@ -416,8 +422,7 @@ fn sync_tier_never_continues_for_an_unreplicated_channel_change() {
         1,
     );
     std::fs::write(&conf, t).unwrap();
-    std::fs::rename(&dest, tmp.path().join("gone")).unwrap();
-    std::fs::write(&dest, b"not a directory").unwrap();
+    take_away(&dest);
     node.start_plugin(Path::new(EXE), &[]).unwrap();
     node.init_plugin().unwrap();
     let channel = vec!["UPDATE channels SET state = state WHERE id = -2;".to_string()];
@@ -870,15 +875,13 @@ fn the_panel_shows_a_destination_that_stops_answering_and_comes_back() {
     };
     wait_status(&s, &node, "in sync", Duration::from_secs(10), |st| st.remote_lagging == Some(false));
     assert_ne!(condition(), health::Condition::RemoteLagging);
-    std::fs::rename(&dest, tmp.path().join("gone")).unwrap();
-    std::fs::write(&dest, b"not a directory").unwrap();
+    let aside = take_away(&dest);
     run(&mut node, &mut w, 5);
     let st = wait_status(&s, &node, "lagging", Duration::from_secs(30), |st| st.remote_lagging == Some(true));
     let d = &st.remote.as_ref().unwrap().destinations[0];
     assert!(d.lagging && d.queue_records > 0 && d.last_error.is_some(), "{d:?}");
     assert_eq!(condition(), health::Condition::RemoteLagging);
-    std::fs::remove_file(&dest).unwrap();
-    std::fs::rename(tmp.path().join("gone"), &dest).unwrap();
+    bring_back(&dest, &aside);
     let st = wait_status(&s, &node, "caught up again", Duration::from_secs(60), |st| st.remote_lagging == Some(false));
     assert_eq!(st.remote.unwrap().destinations[0].queue_records, 0);
     assert_ne!(condition(), health::Condition::RemoteLagging);
