@@ -259,7 +259,7 @@ pub fn run_guarded<S: AsRef<str>>(db: &ReplayDb, statements: &[S], txn: bool) ->
 /// Copies a generation's snapshot to `dest` (mode 0600), checking its size
 /// and checksum against the generation header on the way.
 pub fn copy_snapshot(generation: &Generation, dest: &Path) -> Result<()> {
-    copy_snapshot_paced(generation, dest, None)
+    copy_snapshot_paced(generation, dest, None, &mut |_| {})
 }
 
 /// A paced copy rests after each flush for as long as the flush took, at
@@ -272,7 +272,12 @@ const COPY_REST_MAX: std::time::Duration = std::time::Duration::from_millis(500)
 /// journal's flushes on the same device, and leaves the device idle half
 /// the time (on a 20 MB/s stick, 1 MiB is a 50 ms wait for a hook, where an
 /// unpaced copy made it 365 ms at p99).
-pub fn copy_snapshot_paced(generation: &Generation, dest: &Path, flush_every: Option<u64>) -> Result<()> {
+pub fn copy_snapshot_paced(
+    generation: &Generation,
+    dest: &Path,
+    flush_every: Option<u64>,
+    on_copied: &mut dyn FnMut(u64),
+) -> Result<()> {
     let src_path = generation.snapshot_path();
     let (mut src, _) = crate::files::open_regular(&src_path, Some(generation.header.snapshot_bytes))
         .with_context(|| format!("cannot open the snapshot {}", src_path.display()))?;
@@ -297,6 +302,7 @@ pub fn copy_snapshot_paced(generation: &Generation, dest: &Path, flush_every: Op
             dst.sync_data().with_context(|| format!("cannot flush {}", dest.display()))?;
             std::thread::sleep(started.elapsed().min(COPY_REST_MAX));
         }
+        on_copied(len);
     }
     let h = &generation.header;
     if (len, crc) != (h.snapshot_bytes, h.snapshot_crc32c) {

@@ -310,6 +310,74 @@ fn the_plugin_compacts_on_request_in_the_background_and_switches_at_a_hook() {
     s.assert_restores_to(&node);
 }
 
+/// `replica-status` shows how far a compaction is: the snapshot's bytes
+/// copied, then the records applied, never going back; at `ready` the whole
+/// snapshot is copied and every confirmed change applied (exactly the versions
+/// between the two generations' bases); after the switch the progress is gone.
+#[test]
+fn the_compactions_progress_is_in_replica_status_until_it_is_adopted() {
+    let s = Setup::new("keep_generations = 2\nsegment_bytes = 262144\n");
+    let mut node = s.node_with_plugin();
+    schema(&mut node);
+    node.init_plugin().unwrap();
+    let mut w = Workload::new(52);
+    // The first generation's snapshot is lightningd's empty file: one
+    // compaction first, so that the one watched copies a real snapshot.
+    changes(&mut node, &mut w, 300);
+    node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while compaction_state(&mut node)["compactions"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", compaction_state(&mut node));
+        changes(&mut node, &mut w, 1);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    changes(&mut node, &mut w, 300);
+    let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
+    assert_eq!(answer["result"]["started"], true, "{answer}");
+    // No hook comes, so a finished compaction stays `ready` (it is adopted at
+    // the next hook) and its progress can be read.
+    let phase_rank = |p: &serde_json::Value| {
+        ["copying_snapshot", "applying_records", "ready"]
+            .iter()
+            .position(|x| p["phase"] == *x)
+            .unwrap_or_else(|| panic!("unknown phase in {p}"))
+    };
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    let mut last: Option<serde_json::Value> = None;
+    let ready = loop {
+        let c = compaction_state(&mut node);
+        let p = c["progress"].clone();
+        assert!(p.is_object(), "a compaction runs, so its progress is shown: {c}");
+        if let Some(l) = &last {
+            assert!(phase_rank(&p) >= phase_rank(l), "the phase went back: {l} then {p}");
+            for field in ["snapshot_copied_bytes", "records_applied"] {
+                assert!(p[field].as_u64() >= l[field].as_u64(), "{field} went back: {l} then {p}");
+            }
+        }
+        assert!(p["snapshot_copied_bytes"].as_u64() <= p["snapshot_bytes"].as_u64(), "{p}");
+        if c["state"] == "ready" {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no compaction ready: {c}");
+        last = Some(p);
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(ready["phase"], "ready", "{ready}");
+    assert!(ready["snapshot_bytes"].as_u64().unwrap() > 0, "{ready}");
+    assert_eq!(ready["snapshot_copied_bytes"], ready["snapshot_bytes"], "{ready}");
+    assert!(ready["records_behind"].as_u64().unwrap() <= 4, "{ready}");
+    // The switch, at the next hook.
+    changes(&mut node, &mut w, 1);
+    let c = compaction_state(&mut node);
+    assert_eq!((c["state"].as_str(), c["compactions"].as_u64()), (Some("idle"), Some(2)), "{c}");
+    assert!(c["progress"].is_null(), "{c}");
+    let gens = generations(&s);
+    let [.., old, new] = gens.as_slice() else { panic!("{gens:?}") };
+    assert_eq!(ready["records_applied"].as_u64().unwrap(), u64::from(new.2 - old.2), "{ready} {gens:?}");
+    node.shutdown_plugin().unwrap();
+    s.assert_restores_to(&node);
+}
+
 #[test]
 fn the_size_threshold_triggers_compaction() {
     let s = Setup::new("keep_generations = 2\nsegment_bytes = 262144\ncompact_journal_bytes = 400000\n");

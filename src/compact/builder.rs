@@ -14,6 +14,10 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The snapshot copy flushes after this many bytes and then rests as long as
+/// the flush took ([`replay::copy_snapshot_paced`]).
+const COPY_FLUSH_BYTES: u64 = 1 << 20;
+
 /// Builds the snapshot of the next generation from the current one.
 pub struct Builder {
     journal: PathBuf,
@@ -48,12 +52,14 @@ pub struct Handoff {
 
 impl Builder {
     /// Step 1: the working directory, the old snapshot, an empty segment 1.
+    /// `on_copied` is told the snapshot bytes copied so far, every MiB.
     pub fn start(
         journal: &Path,
         device: Arc<dyn Device>,
         opts: &JournalOptions,
         old: &Generation,
         number: u64,
+        on_copied: &mut dyn FnMut(u64),
     ) -> Result<Builder> {
         let dir = layout::generation_compact_dir(journal, number);
         if dir.exists() {
@@ -61,7 +67,7 @@ impl Builder {
         }
         device.create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let snap = dir.join(layout::SNAPSHOT_FILE);
-        replay::copy_snapshot_paced(old, &snap, Some(1 << 20))?;
+        replay::copy_snapshot_paced(old, &snap, Some(COPY_FLUSH_BYTES), on_copied)?;
         crash_point("compact-snapshot-copied");
         let block_bytes = old.block_bytes();
         let segment_bytes = opts.segment_bytes.next_multiple_of(block_bytes as u64);

@@ -55,6 +55,32 @@ pub enum CompactionState {
     Ready,
 }
 
+/// What the running compaction is doing (`compaction.progress.phase`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactionPhase {
+    /// Step 1: the old snapshot copied onto the journal's device, paced.
+    #[default]
+    CopyingSnapshot,
+    /// Step 2: the old generation's records applied, following the writer.
+    ApplyingRecords,
+    /// Step 3 done: the snapshot is final, waiting for the switch.
+    Ready,
+}
+
+/// How far the running compaction is (`replica-status` → `compaction.progress`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CompactionProgress {
+    pub phase: CompactionPhase,
+    /// The old generation's snapshot, and how much of it is copied.
+    pub snapshot_bytes: u64,
+    pub snapshot_copied_bytes: u64,
+    /// Committed changes applied onto the copy so far.
+    pub records_applied: u64,
+    /// Records the writer has made durable that the compaction has not read.
+    pub records_behind: u64,
+}
+
 /// Why a compaction was not started.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -79,6 +105,19 @@ pub struct CompactionStatus {
     pub compactions: u64,
     /// How long the last switch took on the hook thread (step 4), in µs.
     pub last_switch_us: Option<u64>,
+    /// While a compaction runs or waits for its switch.
+    pub progress: Option<CompactionProgress>,
+}
+
+/// The compactor thread's window onto [`CompactionStatus`].
+#[derive(Clone)]
+struct Reporter(Arc<Mutex<CompactionStatus>>);
+
+impl Reporter {
+    fn update(&self, f: impl FnOnce(&mut CompactionProgress)) {
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(st.progress.get_or_insert_with(CompactionProgress::default));
+    }
 }
 
 impl Compactor {
@@ -99,6 +138,7 @@ impl Compactor {
             let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
             st.state = CompactionState::Running;
             st.started_unix_ms = Some(started_unix_ms);
+            st.progress = Some(CompactionProgress::default());
         }
         let shared = self.shared.clone();
         let (journal, device, opts, progress) =
@@ -108,18 +148,22 @@ impl Compactor {
             .name("compactor".into())
             .spawn(move || {
                 crate::priority::background_priority();
-                let result = job(&journal, device.clone(), &opts, &progress, &shared.stop);
+                let result = job(&journal, device.clone(), &opts, &progress, &shared.stop, Reporter(status.clone()));
                 let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
                 let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
                     Ok(h) => {
                         *s = JobState::Ready(Box::new(h));
                         st.state = CompactionState::Ready;
+                        if let Some(p) = st.progress.as_mut() {
+                            p.phase = CompactionPhase::Ready;
+                        }
                         shared.ready.store(true, Ordering::Release);
                     }
                     Err(e) => {
                         *s = JobState::Idle;
                         st.state = CompactionState::Idle;
+                        st.progress = None;
                         st.last_result = Some(format!("failed: {e:#}"));
                         st.last_failed_unix_ms = Some(now_unix_ms());
                     }
@@ -162,6 +206,7 @@ fn job(
     opts: &JournalOptions,
     progress: &Progress,
     stop: &AtomicBool,
+    report: Reporter,
 ) -> Result<Handoff> {
     let p = progress.get();
     if p.generation == 0 {
@@ -169,14 +214,26 @@ fn job(
     }
     let old = Generation::open(journal, p.generation)?;
     let dir = layout::generation_compact_dir(journal, p.generation + 1);
-    let result = follow(Builder::start(journal, device.clone(), opts, &old, p.generation + 1), progress, stop);
+    let snapshot_bytes = old.header.snapshot_bytes;
+    report.update(|r| r.snapshot_bytes = snapshot_bytes);
+    let mut on_copied = |copied| report.update(|r| r.snapshot_copied_bytes = copied);
+    let b = Builder::start(journal, device.clone(), opts, &old, p.generation + 1, &mut on_copied).map(|mut b| {
+        report.update(|r| r.phase = CompactionPhase::ApplyingRecords);
+        let (report, mut applied) = (report.clone(), 0u64);
+        b.on_record = Some(Box::new(move |_, _| {
+            applied += 1;
+            report.update(|r| r.records_applied = applied);
+        }));
+        b
+    });
+    let result = follow(b, progress, stop, &report);
     if result.is_err() {
         let _ = device.remove_dir_all(&dir);
     }
     result
 }
 
-fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool) -> Result<Handoff> {
+fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool, report: &Reporter) -> Result<Handoff> {
     let mut b = b?;
     loop {
         if stop.load(Ordering::Acquire) {
@@ -188,6 +245,7 @@ fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool) -> Result<
         }
         b.catch_up(Some(p.seq))?;
         let p = progress.get();
+        report.update(|r| r.records_behind = p.seq.saturating_sub(b.last_seq()));
         if p.seq.saturating_sub(b.last_seq()) <= CLOSE_ENOUGH_RECORDS {
             let prepared = b.finalize()?;
             let p = progress.get();

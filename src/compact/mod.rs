@@ -44,5 +44,5 @@ pub mod compactor;
 pub mod offline;
 
 pub use builder::{carried_records, discard, Builder, Handoff};
-pub use compactor::{CompactionState, CompactionStatus, Compactor, RequestError};
+pub use compactor::{CompactionPhase, CompactionProgress, CompactionState, CompactionStatus, Compactor, RequestError};
 pub use offline::{compact_offline, CompactReport, ProgressFn};

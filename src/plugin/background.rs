@@ -164,6 +164,7 @@ impl Background {
     fn note_compaction(&self, outcome: Result<(String, Duration), String>) {
         let mut st = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
         st.state = CompactionState::Idle;
+        st.progress = None;
         match outcome {
             Ok((msg, switch)) => {
                 st.compactions += 1;
