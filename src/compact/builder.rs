@@ -14,9 +14,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The snapshot copy flushes after this many bytes and then rests as long as
-/// the flush took ([`replay::copy_snapshot_paced`]).
-const COPY_FLUSH_BYTES: u64 = 1 << 20;
+/// The snapshot copy's chunk, each flushed and followed by a rest as long as
+/// it took ([`replay::copy_snapshot_paced`]).
+const COPY_FLUSH_BYTES: u64 = 128 << 10;
 
 /// Builds the snapshot of the next generation from the current one.
 pub struct Builder {
