@@ -4,7 +4,7 @@
 
 mod common;
 
-use cln_replica::crashpoint::{COMPACTION_STEPS, CRASH_ENV};
+use cln_replica::crashpoint::{COMPACTION_STEPS, CRASH_ENV, HOLD_DIR_ENV, HOLD_ENV};
 use cln_replica::sim::workload::Workload;
 use cln_replica::sim::{Change, HookOutcome, SimNode};
 use common::*;
@@ -374,6 +374,54 @@ fn the_compactions_progress_is_in_replica_status_until_it_is_adopted() {
     let gens = generations(&s);
     let [.., old, new] = gens.as_slice() else { panic!("{gens:?}") };
     assert_eq!(ready["records_applied"].as_u64().unwrap(), u64::from(new.2 - old.2), "{ready} {gens:?}");
+    node.shutdown_plugin().unwrap();
+    s.assert_restores_to(&node);
+}
+
+/// A node that writes faster than the compaction finalizes its snapshot
+/// (held at `compact-prepared` while 100 changes arrive, each of two
+/// finalizes: more than the 32 a first hand-over carries) still gets its
+/// compaction: the second finalize carries more, where it used to catch up
+/// and finalize again for as long as the node kept writing.
+#[test]
+fn a_compaction_outpaced_by_the_node_still_switches() {
+    let s = Setup::new("keep_generations = 2\nsegment_bytes = 4194304\n");
+    let hold = s.path("hold");
+    std::fs::create_dir(&hold).unwrap();
+    let mut node = s.node();
+    let hold_dir = hold.to_str().unwrap();
+    node.start_plugin(Path::new(EXE), &[(HOLD_ENV, "compact-prepared"), (HOLD_DIR_ENV, hold_dir)]).unwrap();
+    schema(&mut node);
+    node.init_plugin().unwrap();
+    let mut w = Workload::new(53);
+    changes(&mut node, &mut w, 200);
+    let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
+    assert_eq!(answer["result"]["started"], true, "{answer}");
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    let mut n = 1;
+    loop {
+        let c = compaction_state(&mut node);
+        if c["state"] == "ready" {
+            break;
+        }
+        assert!(c["state"] == "running", "{c}\n{}", node.logs().join("\n"));
+        if hold.join(format!("held-{n}")).exists() {
+            assert!(n <= 2, "a third finalize: the node's changes outpaced every hand-over\n{c}");
+            changes(&mut node, &mut w, 100);
+            std::fs::write(hold.join(format!("release-{n}")), b"").unwrap();
+            n += 1;
+        }
+        assert!(std::time::Instant::now() < deadline, "no compaction ready: {c}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(n, 3, "the compaction was ready after {} finalize(s), not two", n - 1);
+    changes(&mut node, &mut w, 1);
+    let c = compaction_state(&mut node);
+    assert_eq!(c["compactions"], 1, "{c}");
+    let carried: u64 =
+        c["last_result"].as_str().unwrap().split('(').nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(carried >= 100, "the switch carried the second finalize's changes: {c}");
+    changes(&mut node, &mut w, 20);
     node.shutdown_plugin().unwrap();
     s.assert_restores_to(&node);
 }

@@ -3,6 +3,7 @@
 
 use super::{Builder, Handoff};
 use crate::clock::now_unix_ms;
+use crate::crashpoint;
 use crate::device::Device;
 use crate::journal::reader::Generation;
 use crate::journal::{layout, JournalOptions, Progress};
@@ -16,8 +17,16 @@ use std::time::Duration;
 /// The background builder hands over once it is this close to the tip...
 const CLOSE_ENOUGH_RECORDS: u64 = 4;
 /// ...and the hand-over is used only if, once the snapshot is final, no more
-/// than this many records came in meanwhile (otherwise it catches up again).
+/// than this many records came in meanwhile; otherwise it catches up and
+/// finalizes again, accepting [`HANDOFF_GROWTH`] times as many each time. A
+/// finalize reads the whole snapshot back for its checksum, which takes
+/// minutes for a large one on a slow device whose page cache cannot hold it:
+/// a node that writes faster than that still gets its compaction, at the cost
+/// of one longer switch (the carried records are one write and one flush).
 const HANDOFF_MAX_RECORDS: u64 = 32;
+const HANDOFF_GROWTH: u64 = 4;
+/// Finalizes before the job gives up and says why (32, 128, 512, 2048 records).
+const HANDOFF_ATTEMPTS_MAX: u32 = 4;
 
 /// The plugin's background compactor: one job at a time.
 pub struct Compactor {
@@ -235,6 +244,7 @@ fn job(
 
 fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool, report: &Reporter) -> Result<Handoff> {
     let mut b = b?;
+    let mut attempts = 0u32;
     loop {
         if stop.load(Ordering::Acquire) {
             bail!("the plugin is stopping");
@@ -247,10 +257,25 @@ fn follow(b: Result<Builder>, progress: &Progress, stop: &AtomicBool, report: &R
         let p = progress.get();
         report.update(|r| r.records_behind = p.seq.saturating_sub(b.last_seq()));
         if p.seq.saturating_sub(b.last_seq()) <= CLOSE_ENOUGH_RECORDS {
+            let started = std::time::Instant::now();
             let prepared = b.finalize()?;
+            crashpoint::hold_point("compact-prepared");
             let p = progress.get();
-            if p.generation == b.old && p.seq.saturating_sub(b.last_seq()) <= HANDOFF_MAX_RECORDS {
+            let arrived = p.seq.saturating_sub(b.last_seq());
+            let h = &prepared.header;
+            // What surely fits in segment 1 beside the pending change.
+            let room = h.segment_bytes / 2 / u64::from(h.block_bytes);
+            let accepted = (HANDOFF_MAX_RECORDS * HANDOFF_GROWTH.pow(attempts)).min(room.max(HANDOFF_MAX_RECORDS));
+            if p.generation == b.old && arrived <= accepted {
                 return Ok(b.handoff(prepared));
+            }
+            attempts += 1;
+            if attempts == HANDOFF_ATTEMPTS_MAX {
+                bail!(
+                    "the node wrote {arrived} records while the snapshot was finalized ({:.1} s), \
+                     more than a switch carries ({accepted}), {attempts} times",
+                    started.elapsed().as_secs_f64()
+                );
             }
         }
         if b.last_seq() >= progress.get().seq {
