@@ -42,30 +42,48 @@ pub struct Options<'a> {
     pub json: bool,
 }
 
-/// A command's wall time and peak resident set (sampled every [`RSS_POLL`]).
+/// A command's wall time and peak resident set (sampled every [`RSS_POLL`]),
+/// and for a restore the changes it replayed.
 #[derive(Debug, serde::Serialize)]
 struct Run {
     seconds: f64,
     peak_rss_kib: u64,
+    changes_replayed: Option<u64>,
+}
+
+impl Run {
+    /// A `restore --json`: its report's `records_applied`.
+    fn restore(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<Run> {
+        let (mut run, out) = measured(exe, &[args, &["--json".as_ref()]].concat())?;
+        let report: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("restore --json printed {out:?}"))?;
+        run.changes_replayed = Some(report["records_applied"].as_u64().context("no records_applied")?);
+        Ok(run)
+    }
 }
 
 /// How often a measured command's peak resident set is sampled.
 const RSS_POLL: Duration = Duration::from_millis(20);
 
 /// Runs `exe args` and samples its VmHWM (the kernel's high-water mark of
-/// its resident set) until it exits, failing with its output if it fails.
-/// Not wait4's ru_maxrss: a child spawned with vfork counts this process's
-/// own resident set too, until it execs.
-fn measured(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<Run> {
+/// its resident set) until it exits, failing with its output if it fails;
+/// returns what it printed. Not wait4's ru_maxrss: a child spawned with
+/// vfork counts this process's own resident set too, until it execs.
+fn measured(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<(Run, String)> {
     let started = Instant::now();
     let mut child = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run {}", exe.display()))?;
     let pid = child.id();
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let printed = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).map(|_| out)
+    });
     // Its error output is small and read at the end; a chatty command
     // cannot fill the pipe before that (64 KiB) without failing anyway.
     let mut peak_rss_kib = 0;
@@ -86,7 +104,8 @@ fn measured(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<Run> {
         }
         bail!("{} {:?} failed ({status}): {err}", exe.display(), args);
     }
-    Ok(Run { seconds, peak_rss_kib })
+    let out = printed.join().map_err(|_| anyhow::anyhow!("the output reader panicked"))??;
+    Ok((Run { seconds, peak_rss_kib, changes_replayed: None }, out))
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
@@ -150,7 +169,9 @@ pub fn run(o: Options) -> Result<ExitCode> {
 
     let mut cfg = super::super::demo::write_config(&node_dir, &journal)?;
     cfg.compact_journal_bytes = 0;
-    cfg.keep_generations = 1;
+    // The first generation stays after the compaction: a restore of its
+    // whole history (its snapshot and every change in it) is timed too.
+    cfg.keep_generations = 2;
     cfg.key_file = Some(key.clone());
     cfg.mirror = Some(mirror.clone());
     let mut text = cfg.to_toml()?;
@@ -183,14 +204,42 @@ pub fn run(o: Options) -> Result<ExitCode> {
     drop(node);
 
     let restored = base.join("restored.sqlite3");
+    let from_history = base.join("from-history.sqlite3");
     let from_remote = base.join("from-remote.sqlite3");
-    let restore = measured(
+    let restore = Run::restore(
         &o.exe,
         &["restore".as_ref(), "--from".as_ref(), journal.as_os_str(), "--to".as_ref(), restored.as_os_str()],
     )?;
-    let verify = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
+    // Just before the compacted generation's base: the first generation's
+    // snapshot and every change it holds, replayed.
+    let inventory = crate::inventory::inventory(&journal)?;
+    let [first, compacted] = inventory.generations.as_slice() else {
+        bail!("the journal holds {} generations, not the first and the compacted one", inventory.generations.len())
+    };
+    let history_at = (compacted.base_version - 1).to_string();
+    let history = Run::restore(
+        &o.exe,
+        &[
+            "restore".as_ref(),
+            "--from".as_ref(),
+            journal.as_os_str(),
+            "--at".as_ref(),
+            history_at.as_ref(),
+            "--to".as_ref(),
+            from_history.as_os_str(),
+        ],
+    )?;
+    if history.changes_replayed != Some(u64::from(compacted.base_version - 1 - first.base_version)) {
+        bail!(
+            "the restore at {history_at} replayed {:?} changes onto generation {}'s base at {}",
+            history.changes_replayed,
+            first.generation,
+            first.base_version
+        );
+    }
+    let (verify, _) = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
     let url = format!("file://{}", dest.display());
-    let remote_restore = measured(
+    let remote_restore = Run::restore(
         &o.exe,
         &[
             "restore".as_ref(),
@@ -224,6 +273,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
         plugin_peak_rss_kib: plugin_peak_kib,
         plugin_rss_after_snapshot_kib: after_snapshot_kib,
         restore,
+        history,
         verify,
         remote_restore,
     };
@@ -250,6 +300,9 @@ struct Report {
     plugin_peak_rss_kib: u64,
     plugin_rss_after_snapshot_kib: u64,
     restore: Run,
+    /// The first generation, restored at its last version: its snapshot and
+    /// every change it holds.
+    history: Run,
     verify: Run,
     remote_restore: Run,
 }
@@ -285,10 +338,22 @@ impl Report {
             mib(r.plugin_peak_rss_kib),
             mib(r.plugin_rss_after_snapshot_kib)
         );
-        for (what, run) in
-            [("restore (journal)", &r.restore), ("verify", &r.verify), ("restore --from file://", &r.remote_restore)]
-        {
-            println!("  {what:<24} {:>8.2} s  peak RSS {:>7.1} MiB", run.seconds, mib(run.peak_rss_kib));
+        for (what, run) in [
+            ("restore (journal)", &r.restore),
+            ("restore --at (history)", &r.history),
+            ("verify", &r.verify),
+            ("restore --from file://", &r.remote_restore),
+        ] {
+            let rate = match run.changes_replayed {
+                Some(n) => format!("  {n} changes, {:.0} changes/s", n as f64 / run.seconds),
+                None => String::new(),
+            };
+            println!(
+                "  {what:<24} {:>8.2} s  peak RSS {:>7.1} MiB  {:.0} MiB/s{rate}",
+                run.seconds,
+                mib(run.peak_rss_kib),
+                r.database_bytes as f64 / (1 << 20) as f64 / run.seconds
+            );
         }
         println!("  the restores and the mirror equal the node's database");
     }
