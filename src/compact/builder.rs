@@ -52,13 +52,16 @@ pub struct Handoff {
 
 impl Builder {
     /// Step 1: the working directory, the old snapshot, an empty segment 1.
-    /// `on_copied` is told the snapshot bytes copied so far, every MiB.
+    /// `paced`: the copy shares the device with a running journal (the
+    /// plugin), so it goes in small flushed chunks with rests. `on_copied` is
+    /// told the snapshot bytes copied so far, after each chunk.
     pub fn start(
         journal: &Path,
         device: Arc<dyn Device>,
         opts: &JournalOptions,
         old: &Generation,
         number: u64,
+        paced: bool,
         on_copied: &mut dyn FnMut(u64),
     ) -> Result<Builder> {
         let dir = layout::generation_compact_dir(journal, number);
@@ -67,7 +70,7 @@ impl Builder {
         }
         device.create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let snap = dir.join(layout::SNAPSHOT_FILE);
-        replay::copy_snapshot_paced(old, &snap, Some(COPY_FLUSH_BYTES), on_copied)?;
+        replay::copy_snapshot_paced(old, &snap, paced.then_some(COPY_FLUSH_BYTES), on_copied)?;
         crash_point("compact-snapshot-copied");
         let block_bytes = old.block_bytes();
         let segment_bytes = opts.segment_bytes.next_multiple_of(block_bytes as u64);

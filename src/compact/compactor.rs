@@ -226,7 +226,7 @@ fn job(
     let snapshot_bytes = old.header.snapshot_bytes;
     report.update(|r| r.snapshot_bytes = snapshot_bytes);
     let mut on_copied = |copied| report.update(|r| r.snapshot_copied_bytes = copied);
-    let b = Builder::start(journal, device.clone(), opts, &old, p.generation + 1, &mut on_copied).map(|mut b| {
+    let b = Builder::start(journal, device.clone(), opts, &old, p.generation + 1, true, &mut on_copied).map(|mut b| {
         report.update(|r| r.phase = CompactionPhase::ApplyingRecords);
         let (report, mut applied) = (report.clone(), 0u64);
         b.on_record = Some(Box::new(move |_, _| {

@@ -251,6 +251,11 @@ pub fn run(o: Options) -> Result<ExitCode> {
             from_remote.as_os_str(),
         ],
     )?;
+    // With the plugin stopped: `cln-replica compact` (its copy unpaced).
+    let (compact, _) = measured(
+        &o.exe,
+        &["compact".as_ref(), "--from".as_ref(), journal.as_os_str(), "--keep".as_ref(), "1".as_ref()],
+    )?;
     let same = crate::dbcompare::compare_files(&db_path, &restored)?.is_empty()
         && crate::dbcompare::compare_files(&db_path, &from_remote)?.is_empty()
         && crate::dbcompare::compare_files(&db_path, &mirror)?.is_empty();
@@ -276,6 +281,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
         history,
         verify,
         remote_restore,
+        compact,
     };
     if o.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -305,6 +311,8 @@ struct Report {
     history: Run,
     verify: Run,
     remote_restore: Run,
+    /// `cln-replica compact`, the plugin stopped.
+    compact: Run,
 }
 
 impl Report {
@@ -343,6 +351,7 @@ impl Report {
             ("restore --at (history)", &r.history),
             ("verify", &r.verify),
             ("restore --from file://", &r.remote_restore),
+            ("compact (offline)", &r.compact),
         ] {
             let rate = match run.changes_replayed {
                 Some(n) => format!("  {n} changes, {:.0} changes/s", n as f64 / run.seconds),
