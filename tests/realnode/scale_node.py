@@ -128,12 +128,28 @@ class Throttle:
         for f in ('blkio.throttle.write_bps_device', 'blkio.throttle.read_bps_device'):
             with open(os.path.join(self.group, f), 'w') as fh:
                 fh.write('%s %d\n' % (majmin, bps))
+        self.majmin = majmin
         self.wrapper = os.path.join(env.workdir, 'lightningd-throttled')
         with open(self.wrapper, 'w') as f:
             f.write('#!/bin/sh\necho $$ > %s/cgroup.procs || exit 97\nexec %s "$@"\n'
                     % (self.group, env.lightningd))
         os.chmod(self.wrapper, 0o755)
         log('throttle: %s at %d bytes/s read and write on %s (%s)' % (self.group, bps, dev, majmin))
+
+    def written_bytes(self):
+        """Bytes the group has written to the device so far. Writes the
+        kernel's flusher thread makes on the group's behalf are not counted
+        (nor throttled): cgroup v1 charges only I/O a member submits itself,
+        such as an fsync's. Past the dirty background threshold
+        (/proc/sys/vm/dirty_background_ratio of memory) the flusher takes
+        over and the device runs at its own speed: comparing this count with
+        what the journal grew tells whether the throttle held."""
+        with open(os.path.join(self.group, 'blkio.throttle.io_service_bytes')) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == self.majmin and parts[1] == 'Write':
+                    return int(parts[2])
+        return 0
 
     def cleanup(self):
         if not os.path.isdir(self.group):
@@ -159,7 +175,7 @@ class Scale:
         self.throttle = None
 
     # -- one start -------------------------------------------------------------
-    def timed_start(self, a, b, c, case, with_plugin, expect):
+    def timed_start(self, a, b, c, case, with_plugin, expect, hold_s=0):
         """Starts a and measures; returns the row of the summary table.
         `expect`: the plugin log line that announces this start's snapshot
         (None: no snapshot expected)."""
@@ -170,9 +186,13 @@ class Scale:
         # ("cln:init#N[OUT]"): when init went out.
         extra = ['--log-level=io:plugin-cln-replica'] if with_plugin else []
         timeout = START_BASE_S + (3 * (self.args.mib << 20) // self.args.bps if self.args.bps else 60)
+        throttled_at = self.throttle.written_bytes() if self.throttle else 0
+        db_mib = os.path.getsize(a.db) / 2**20
         w = {'start': time.time()}
         t0 = time.monotonic()
         a.start(with_plugin=with_plugin, wait=False, extra=extra, lightningd=lightningd)
+        if hold_s:
+            row_hold = self.hold_snapshot(a, expect, hold_s, timeout)
 
         def answered():
             if a.proc.poll() is not None:
@@ -183,6 +203,8 @@ class Scale:
             return a.rpc.getinfo()
         info = wait_for(answered, 'a to answer getinfo (%s)' % case, timeout, interval=0.02, max_interval=0.2)
         row = {'case': case, 'getinfo_s': time.monotonic() - t0}
+        if hold_s:
+            row['held_s'] = row_hold
         a.id = info['id']
         a._remember_children()
 
@@ -206,12 +228,38 @@ class Scale:
             raise Failure('listdatastore of the last grown row: %r' % (str(got)[:200],))
         w['stop'] = time.time()
         row['stop_s'] = a.stop(timeout=STOP_TIMEOUT_S)
+        if self.throttle and with_plugin and expect:
+            # The snapshot is about the database's size (a filtered one a
+            # little less: utxoset emptied).
+            row['snapshot_mib'] = db_mib
+            row['throttled_mib'] = (self.throttle.written_bytes() - throttled_at) / 2**20
         row.update(self.read_a_log(a, logs_at['a'], w, with_plugin, expect, case))
         row.update(self.read_trace(trace_at, w['start'], row.get('init_wall')))
         row['peer_lines'] = self.peer_lines((b, c), logs_at, w)
         self.report(row)
         self.rows.append(row)
         return row
+
+    def hold_snapshot(self, a, expect, hold_s, timeout):
+        """Freezes the plugin (SIGSTOP) once it has logged that it is taking
+        the snapshot, for hold_s seconds, then lets it go on: a snapshot
+        hook longer than lightningd's 120 s plugin startup deadline, whatever
+        the device. Returns the seconds it was held."""
+        offset = a.log_offset
+        wait_for(lambda: expect in a.log_since(offset), 'the plugin to log "%s"' % expect, timeout)
+        pid = wait_for(a.plugin_pid, 'the plugin\'s pid', 10)
+        os.kill(pid, signal.SIGSTOP)
+        t = time.monotonic()
+        log('plugin %d frozen inside its snapshot hook for %d s' % (pid, hold_s))
+        try:
+            # The hold is the experiment's length, not a wait for an event.
+            while time.monotonic() - t < hold_s:
+                if a.proc.poll() is not None:
+                    raise Failure('lightningd exited (%s) while the plugin was held' % a.proc.returncode)
+                time.sleep(min(1.0, max(0.0, hold_s - (time.monotonic() - t))))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return time.monotonic() - t
 
     def read_a_log(self, a, offset, w, with_plugin, expect, case):
         ev = log_events(a.log_since(offset))
@@ -283,6 +331,14 @@ class Scale:
                 fmt(row.get('init_s')), fmt(row.get('server_started_s')), fmt(row.get('hook_max_s')),
                 '%.1f' % row['hook_next_max_ms'] if row.get('hook_next_max_ms') is not None else '-',
                 row.get('hooks_before_init', '-'), row['stop_s']))
+        if 'held_s' in row:
+            log('  the plugin was frozen %.1f s inside that hook' % row['held_s'])
+        if 'throttled_mib' in row:
+            log('  the snapshot wrote about %.0f MiB; the throttle saw %.0f MiB of writes'
+                % (row['snapshot_mib'], row['throttled_mib']))
+            if leaked(row):
+                log('  WARNING: the kernel\'s flusher wrote the rest unthrottled (dirty data past '
+                    'the background threshold): this start\'s figures are NOT at the throttled speed')
         if 'snapshot_log_s' in row:
             log('  snapshot (plugin log): %.2f s, from %.2f s to %.2f s after start; before init: %s'
                 % (row['snapshot_log_s'], row['snapshot_start_s'], row['snapshot_end_s'],
@@ -308,7 +364,7 @@ class Scale:
         # The journal holds three snapshots of the whole database (first
         # start, gap, filter change), the records, and room to spare.
         self.env = env = Env(args.plugin, shared_cln=args.shared_cln, workdir=args.workdir, keep=args.keep,
-                             loop_mb=3 * args.mib + 512)
+                             loop_mb=(1 if args.first_only else 3) * args.mib + 512)
         self.trace = os.path.join(env.workdir, 'hook-trace')
         os.environ['CLN_REPLICA_HOOK_TRACE'] = self.trace
 
@@ -338,9 +394,12 @@ class Scale:
 
         self.timed_start(a, b, c, 'baseline: no plugin', with_plugin=False, expect=None)
         a.write_replica_config()
-        self.timed_start(a, b, c, 'first start with the plugin', with_plugin=True,
-                         expect='journal is empty: taking the first snapshot')
+        self.timed_start(a, b, c, 'first start with the plugin' + (
+            ', held %d s' % args.hold_first_snapshot_s if args.hold_first_snapshot_s else ''), with_plugin=True,
+            expect='journal is empty: taking the first snapshot', hold_s=args.hold_first_snapshot_s)
         check_journal(env, a, 'first start')
+        if args.first_only:
+            return a
         self.timed_start(a, b, c, 'baseline: plugin in sync', with_plugin=True, expect=None)
         # The gap: a runs without the plugin and commits changes it never sees.
         self.timed_start(a, b, c, 'run without the plugin', with_plugin=False, expect=None)
@@ -368,7 +427,7 @@ class Scale:
             span = ('%.2f-%.2f s' % (r['snapshot_start_s'], r['snapshot_end_s'])) if 'snapshot_log_s' in r else '-'
             hbi = r.get('hooks_before_init')
             print('| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
-                r['case'], fmt(r['getinfo_s']), fmt(r['peers_s']), span, snap,
+                r['case'] + (' (throttle leaked)' if leaked(r) else ''), fmt(r['getinfo_s']), fmt(r['peers_s']), span, snap,
                 fmt(r.get('init_s')), '-' if hbi is None else hbi, fmt(r['stop_s']),
                 len(r['trouble']) or 'none', drops or 'none'))
         print('(seconds from lightningd\'s start; "snapshot hook": the longest db_write hook of that start, '
@@ -382,6 +441,12 @@ class Scale:
             self.throttle.cleanup()
 
 
+def leaked(row):
+    """Whether less than 90% of the snapshot's writes went through the
+    throttle (Throttle.written_bytes says why that happens)."""
+    return 'throttled_mib' in row and row['throttled_mib'] < 0.9 * row['snapshot_mib']
+
+
 def fmt(v):
     return '-' if v is None else '%.2f s' % v
 
@@ -392,6 +457,11 @@ def main():
     ap.add_argument('--mib', type=int, default=1024, help='grow a\'s database to this many MiB (default 1024)')
     ap.add_argument('--bps', type=int, default=DEFAULT_BPS,
                     help='throttle the journal device to this many bytes/s (default 20 MB/s; 0: unthrottled)')
+    ap.add_argument('--first-only', action='store_true',
+                    help='only the baseline and the first start (a quicker run at a larger --mib)')
+    ap.add_argument('--hold-first-snapshot-s', type=int, default=0,
+                    help='freeze the plugin (SIGSTOP) this many seconds inside the first snapshot\'s hook: '
+                         'a hook longer than lightningd\'s 120 s startup deadline')
     ap.add_argument('--workdir', help='use this (empty) directory instead of a temporary one')
     ap.add_argument('--keep', action='store_true', help='keep the work directory at the end')
     ap.add_argument('--shared-cln', help='directory with the CLN tarball and fakechain.py')
