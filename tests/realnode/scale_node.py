@@ -2,6 +2,7 @@
 """cln-replica on a real lightningd whose database is large: issue 16.
 
     scale_node.py --plugin target/ci/cln-replica [--mib 1024] [--bps 20971520] [--keep]
+                  [--first-only] [--hold-first-snapshot-s 130]
 
 Three real lightningd (v26.06) on the shared fake regtest chain, the star of
 realnode.setup_star around node `a`. `a` runs without the plugin first (an
@@ -33,7 +34,14 @@ longest hook of that start, and the hooks before init), and what lightningd
 and the peers logged: plugin timeouts and kills, and disconnections after a
 had reconnected. Then b pays c through a and a pays b, a stops, and the
 journal restores to exactly a's database (suite.check_journal) after each
-case that took a snapshot.
+case that took a snapshot. With --bps, after each snapshot it also checks
+that the snapshot's writes went through the throttle (Throttle.written_bytes
+says how they can bypass it) and marks the start "(throttle leaked)" if not.
+
+--first-only stops after the first start (a quicker run at a larger --mib);
+--hold-first-snapshot-s N freezes the plugin N seconds inside the first
+snapshot's hook, to see what lightningd does with a hook longer than its
+120 s plugin startup deadline. docs/REAL-NODE.md has the figures.
 
 Nothing sleeps to synchronise: every wait polls with a deadline.
 """
@@ -427,7 +435,8 @@ class Scale:
             span = ('%.2f-%.2f s' % (r['snapshot_start_s'], r['snapshot_end_s'])) if 'snapshot_log_s' in r else '-'
             hbi = r.get('hooks_before_init')
             print('| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
-                r['case'] + (' (throttle leaked)' if leaked(r) else ''), fmt(r['getinfo_s']), fmt(r['peers_s']), span, snap,
+                r['case'] + (' (throttle leaked)' if leaked(r) else ''), fmt(r['getinfo_s']), fmt(r['peers_s']),
+                span, snap,
                 fmt(r.get('init_s')), '-' if hbi is None else hbi, fmt(r['stop_s']),
                 len(r['trouble']) or 'none', drops or 'none'))
         print('(seconds from lightningd\'s start; "snapshot hook": the longest db_write hook of that start, '
