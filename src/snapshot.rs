@@ -70,12 +70,7 @@ pub fn copy_live(db: &Path, dest: &Path, expected: u32, filter: Filter) -> Resul
     let mut dst = Connection::open(dest).with_context(|| format!("cannot create the snapshot {}", dest.display()))?;
     // The journal flushes and renames the file itself; SQLite need not.
     dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
-    {
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        backup
-            .run_to_completion(4096, Duration::ZERO, None)
-            .with_context(|| format!("cannot copy {} to the snapshot", db.display()))?;
-    }
+    backup_flushing(&src, &mut dst, dest).with_context(|| format!("cannot copy {} to the snapshot", db.display()))?;
     let got = data_version(&dst).context("cannot read the snapshot back")?;
     if got != Some(expected) {
         bail!(
@@ -88,6 +83,51 @@ pub fn copy_live(db: &Path, dest: &Path, expected: u32, filter: Filter) -> Resul
     leave_out(&dst, filter).with_context(|| format!("cannot filter the snapshot of {}", db.display()))?;
     dst.close().map_err(|(_, e)| e).context("cannot close the snapshot")?;
     Ok(SnapshotMade { base_kind: BaseKind::Snapshot, base_version: expected })
+}
+
+/// The snapshot is flushed after every this many bytes copied: its writeback
+/// then happens in the hook's thread as it goes (charged to its cgroup, at
+/// the device's pace), and a Pi's memory, shared with bitcoind, never holds
+/// more than this of it dirty; one flush at the end let a 1 GiB snapshot sit
+/// in the page cache and be written back by the kernel all at once.
+const SNAPSHOT_FLUSH_BYTES: i64 = 8 << 20;
+
+/// SQLite's online backup of `src` into `dst` (the file `dest`), flushing
+/// `dest` every [`SNAPSHOT_FLUSH_BYTES`]. lightningd waits in its hook, so
+/// the source cannot change; a busy source (lightningd spilling a large
+/// transaction) is retried for at most [`LIVE_BUSY_TIMEOUT`].
+fn backup_flushing(src: &Connection, dst: &mut Connection, dest: &Path) -> Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    const BUSY_RETRY: Duration = Duration::from_millis(1);
+    let page_bytes: i64 = src.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages_per_step = (SNAPSHOT_FLUSH_BYTES / page_bytes.max(512)) as std::os::raw::c_int;
+    let flusher = fs::File::open(dest).with_context(|| format!("cannot open {}", dest.display()))?;
+    let backup = Backup::new(src, dst)?;
+    let mut busy_since: Option<std::time::Instant> = None;
+    loop {
+        match backup.step(pages_per_step)? {
+            StepResult::Done => return Ok(()),
+            StepResult::More => {
+                busy_since = None;
+                flusher.sync_data().with_context(|| format!("cannot flush {}", dest.display()))?;
+            }
+            StepResult::Busy | StepResult::Locked => {
+                let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > LIVE_BUSY_TIMEOUT {
+                    bail!("the live database stayed locked for more than {LIVE_BUSY_TIMEOUT:?}");
+                }
+                std::thread::sleep(BUSY_RETRY);
+            }
+            // A variant a later rusqlite adds: nothing copied, so try again
+            // within the same bound.
+            _ => {
+                let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > LIVE_BUSY_TIMEOUT {
+                    bail!("the backup made no progress for {LIVE_BUSY_TIMEOUT:?}");
+                }
+            }
+        }
+    }
 }
 
 /// Empties the tables `filter` leaves out, and gives their pages back
