@@ -249,6 +249,19 @@ def kill9_lightningd_midcommit(env, a, attempts=400):
     return False
 
 
+def unread_bytes(pid, fd):
+    """Bytes waiting in the pipe that is process `pid`'s file descriptor `fd`
+    (what lightningd wrote to a plugin that has not read it yet)."""
+    import fcntl
+    import termios
+    p = os.open('/proc/%d/fd/%d' % (pid, fd), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        buf = fcntl.ioctl(p, termios.FIONREAD, b'\0\0\0\0')
+        return int.from_bytes(buf, sys.byteorder)
+    finally:
+        os.close(p)
+
+
 def restore_over_crashed_node(env, a, b, c):
     """What an operator does after a crash: restore over the node's own
     database. A hot rollback journal is left beside it by killing lightningd
@@ -269,7 +282,12 @@ def restore_over_crashed_node(env, a, b, c):
                                                                          hex='ab' * 3_000_000)))
     big.start()
     try:
-        wait_for(lambda: os.path.exists(hot) and os.path.getsize(hot) > 0,
+        # Every write transaction has a journal while it runs, and one that
+        # was answered before the plugin stopped commits and deletes its
+        # journal on its own: the kill must come while lightningd waits on a
+        # hook the stopped plugin has not read (its request is in the pipe),
+        # whose transaction has written its journal.
+        wait_for(lambda: unread_bytes(plugin, 0) > 0 and os.path.exists(hot) and os.path.getsize(hot) > 0,
                  'a hot journal beside %s while the hook waits' % a.db, 60)
         os.kill(a.proc.pid, signal.SIGKILL)
         a.proc.wait(timeout=60)
