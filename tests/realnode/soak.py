@@ -21,7 +21,7 @@ shuffled list of every kind, the rest drawn at random):
 - clean_restart: `stop`, start;
 - s3_kill: kill -9 of node a's destination, the real s3s-fs on 127.0.0.1,
   while payments flow. With remote_sync = "channel-state" and
-  remote_sync_on_timeout = "degrade" (see DESTINATION_CONFIG for why) the
+  remote_sync_on_timeout = "degrade" (Soak.__init__ says why) the
   first channel-state change waits remote_sync_timeout_ms, then the plugin
   says SYNCHRONOUS REPLICATION DEGRADED and lightningd goes on: payments must
   keep succeeding while the server is gone. s3s-fs restarts on the same
@@ -33,8 +33,9 @@ the journal must equal its database (suite.check_journal: schema and every
 table's rows). Then a runs again until its destination has caught up
 (replica-status: queue_records 0, no error), stops cleanly, the destination's
 tip (`cln-replica status --from s3://...`) must be the journal's, and
-`cln-replica restore --from s3://...` must equal the database too. The plugin's RSS and the journal's size are sampled after every
-payment batch; at the end the RSS must be flat (the largest sample of the last
+`cln-replica restore --from s3://...` must equal the database too. The
+plugin's RSS and the journal's size are sampled after every payment batch;
+at the end the RSS must be flat (the largest sample of the last
 third at most 1.5x + 16 MiB the largest of the first third) and the journal
 within its compaction bounds; the journal restores into a new file that
 replaces a's database, a starts on it, and b, c pay through it.
@@ -141,7 +142,6 @@ class S3Server:
         self.logfile = os.path.join(env.workdir, 's3s-fs.log')
         self.port = free_port()
         self.proc = None
-        self.starts = 0
         env.cleanups.append(self.kill9)
 
     def start(self):
@@ -149,7 +149,6 @@ class S3Server:
             self.proc = subprocess.Popen([S3S_FS, '--host', '127.0.0.1', '--port', str(self.port),
                                           '--access-key', self.ACCESS_KEY, '--secret-key', self.SECRET_KEY, self.root],
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-        self.starts += 1
         wait_for(self._listening, 's3s-fs to listen on 127.0.0.1:%d' % self.port, S3_START_TIMEOUT_S)
 
     def _listening(self):
