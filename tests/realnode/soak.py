@@ -57,6 +57,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -610,6 +611,10 @@ def main():
                           **figures}))
     except Failure as e:
         print('soak FAILED (seed %d): %s' % (args.seed, e), file=sys.stderr)
+        env.print_log_tails()
+        env.keep = True
+    except Exception:  # noqa: B902 - an RPC error the steps did not expect: the same evidence kept
+        print('soak FAILED (seed %d): %s' % (args.seed, traceback.format_exc()), file=sys.stderr)
         env.print_log_tails()
         env.keep = True
     finally:
