@@ -336,6 +336,9 @@ class Env:
             self.workdir = tempfile.mkdtemp(prefix='cln-replica-realnode-')
         self.nodes = []
         self.loop = None
+        # Other processes a test starts (a destination's server): each a
+        # callable that ends what it started, run after the nodes are gone.
+        self.cleanups = []
         self.cleaned = False
         atexit.register(self.cleanup)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -420,6 +423,8 @@ class Env:
         self.cleaned = True
         for n in self.nodes:
             n.kill_all()
+        for fn in self.cleanups:
+            fn()
         if self.loop:
             self.loop.cleanup()
         if not self.keep:

@@ -18,35 +18,52 @@ shuffled list of every kind, the rest drawn at random):
   removed and the node restarted;
 - compaction: `replica-compact` under load (retention keeps 2 generations);
   the switch must happen while payments flow;
-- clean_restart: `stop`, start.
+- clean_restart: `stop`, start;
+- s3_kill: kill -9 of node a's destination, the real s3s-fs on 127.0.0.1,
+  while payments flow. With remote_sync = "channel-state" and
+  remote_sync_on_timeout = "degrade" (Soak.__init__ says why) the
+  first channel-state change waits remote_sync_timeout_ms, then the plugin
+  says SYNCHRONOUS REPLICATION DEGRADED and lightningd goes on: payments must
+  keep succeeding while the server is gone. s3s-fs restarts on the same
+  directory and port, the plugin catches up (bounded wait on replica-status),
+  and the next channel-state change is synchronous again.
 
 After each fault the node is stopped (or dead), and `cln-replica restore` of
 the journal must equal its database (suite.check_journal: schema and every
-table's rows). The plugin's RSS and the journal's size are sampled after every
-payment batch; at the end the RSS must be flat (the largest sample of the last
+table's rows). Then a runs again until its destination has caught up
+(replica-status: queue_records 0, no error), stops cleanly, the destination's
+tip (`cln-replica status --from s3://...`) must be the journal's, and
+`cln-replica restore --from s3://...` must equal the database too. The
+plugin's RSS and the journal's size are sampled after every payment batch;
+at the end the RSS must be flat (the largest sample of the last
 third at most 1.5x + 16 MiB the largest of the first third) and the journal
 within its compaction bounds; the journal restores into a new file that
 replaces a's database, a starts on it, and b, c pay through it.
 
     python3 tests/realnode/soak.py --plugin target/ci/cln-replica --payments 5000 [--seed S] [--keep]
 
-CI (scripts/test.d/80-soak) runs SOAK_PAYMENTS=120. Root is needed for the
-loop device (without it the disk-full fault is left out, said loudly).
+The plugin must be built with the `remote` feature (s3://). s3s-fs is
+CLN_REPLICA_S3S_FS, else /opt/cln-replica-tools/bin/s3s-fs. CI
+(scripts/test.d/80-soak) runs SOAK_PAYMENTS=120. Root is needed for the loop
+device (without it the disk-full fault is left out, said loudly).
 """
 import argparse
 import json
 import os
 import random
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import suite  # noqa: E402
-from realnode import (Env, Failure, Payer, pay_cycle, compare_dbs, connect, journal_tip, log, restore, run,  # noqa: E402
-                      setup_star, wait_channel_normal, wait_for)
+from realnode import (Env, Failure, Payer, pay_cycle, compare_dbs, connect, data_version, db_snapshot,  # noqa: E402
+                      free_port, journal_tip, log, restore, run, setup_star, wait_channel_normal, wait_for)
 from pyln.client import RpcError  # noqa: E402
 
 SEGMENT_BYTES = 512 << 10
@@ -54,11 +71,28 @@ SEGMENT_BYTES = 512 << 10
 # payments besides the forced compactions; retention keeps 2 generations.
 COMPACT_JOURNAL_BYTES = 8 << 20
 KEEP_GENERATIONS = 2
-FAULTS = ('kill9_lightningd', 'kill9_plugin', 'device_full', 'compaction', 'clean_restart')
+FAULTS = ('kill9_lightningd', 'kill9_plugin', 'device_full', 'compaction', 'clean_restart', 's3_kill')
 # Payments between two faults: a random count around N / (faults + 1).
 PAYMENTS_PER_FAULT_MIN = 15
 COMPACTION_TIMEOUT_S = 240
 FLOWING_TIMEOUT_S = 120
+
+S3S_FS = os.environ.get('CLN_REPLICA_S3S_FS') or os.path.join(
+    os.environ.get('CLN_REPLICA_TOOLS', '/opt/cln-replica-tools'), 'bin', 's3s-fs')
+S3_START_TIMEOUT_S = 20
+# The synchronous tier's wait, before it degrades (the default).
+REMOTE_SYNC_TIMEOUT_MS = 5000
+# The plugin's retries back off to 30 s between attempts
+# (src/remote/worker.rs), so after s3s-fs comes back the next attempt may be
+# up to 30 s away; then the catch-up itself, at upload_bytes_per_s_max.
+CATCHUP_TIMEOUT_S = 180
+# While s3s-fs is gone: the plugin degrades within REMOTE_SYNC_TIMEOUT_MS of
+# the first channel-state change, then this many payments must succeed.
+PAYMENTS_WHILE_DOWN = 3
+DOWN_TIMEOUT_S = 120
+# Payments, once the destination has caught up, within which the synchronous
+# tier must be active again.
+RESUME_PAYMENTS_MAX = 30
 
 
 class Stream:
@@ -92,6 +126,63 @@ class Stream:
             raise Failure('the payment stream is still busy %ds after stop' % timeout)
 
 
+class S3Server:
+    """The real s3s-fs on 127.0.0.1, node a's destination: started, killed
+    with -9 and restarted on the same directory and port (the s3_kill
+    fault), and ended by Env's cleanup."""
+
+    # The throwaway server's own credentials, given to it on its command line.
+    ACCESS_KEY, SECRET_KEY = 'soak-access', 'soak-secret'
+    BUCKET, PREFIX = 'bucket', 'node-a'
+
+    def __init__(self, env):
+        if not os.access(S3S_FS, os.X_OK):
+            raise Failure('%s is not an executable (set CLN_REPLICA_S3S_FS; scripts/setup installs it)' % S3S_FS)
+        self.root = os.path.join(env.workdir, 's3')
+        os.makedirs(os.path.join(self.root, self.BUCKET), exist_ok=True)
+        self.logfile = os.path.join(env.workdir, 's3s-fs.log')
+        self.port = free_port()
+        self.proc = None
+        env.cleanups.append(self.kill9)
+
+    def start(self):
+        with open(self.logfile, 'a') as logf:
+            self.proc = subprocess.Popen([S3S_FS, '--host', '127.0.0.1', '--port', str(self.port),
+                                          '--access-key', self.ACCESS_KEY, '--secret-key', self.SECRET_KEY, self.root],
+                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+        wait_for(self._listening, 's3s-fs to listen on 127.0.0.1:%d' % self.port, S3_START_TIMEOUT_S)
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise Failure('s3s-fs exited with rc %s (log: %s)' % (self.proc.returncode, self.logfile))
+        with socket.create_connection(('127.0.0.1', self.port), timeout=1):
+            return True
+
+    def kill9(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def destination(self):
+        """The [[destination]] table of node a's configuration."""
+        return ['[[destination]]',
+                'url = "s3://%s/%s"' % (self.BUCKET, self.PREFIX),
+                'endpoint = "http://127.0.0.1:%d"' % self.port,
+                'region = "us-east-1"',
+                'access_key_id = "%s"' % self.ACCESS_KEY,
+                'secret_access_key = "%s"' % self.SECRET_KEY]
+
+    def url(self):
+        """The URL for `cln-replica restore/status --from` (credentials from the environment)."""
+        return 's3://%s/%s?endpoint=http://127.0.0.1:%d&region=us-east-1' % (self.BUCKET, self.PREFIX, self.port)
+
+    def cli_env(self):
+        return dict(os.environ, AWS_ACCESS_KEY_ID=self.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=self.SECRET_KEY)
+
+
 def rss_kib(pid):
     try:
         with open('/proc/%d/status' % pid) as f:
@@ -119,17 +210,41 @@ class Soak:
         self.env, self.args = env, args
         self.rng = random.Random(args.seed)
         self.payer = Payer(seed=args.seed)
+        self.s3 = S3Server(env)
+        self.key = os.path.join(env.workdir, 'cln-replica.key')
+        run([env.plugin, 'keygen', '--out', self.key])
         self.a = env.node('a', replica=False, segment_bytes=SEGMENT_BYTES)
         self.a.replica = True
-        self.a.write_replica_config(SEGMENT_BYTES, extra=['compact_journal_bytes = %d' % COMPACT_JOURNAL_BYTES,
-                                                          'keep_generations = %d' % KEEP_GENERATIONS])
+        self.a.write_replica_config(SEGMENT_BYTES, extra=[
+            'compact_journal_bytes = %d' % COMPACT_JOURNAL_BYTES,
+            'keep_generations = %d' % KEEP_GENERATIONS,
+            'key_file = "%s"' % self.key,
+            # What an operator with one destination would choose: every
+            # channel-state change (revocation secrets, HTLC signatures,
+            # commitments: what a stale restore could be punished for) is at
+            # the destination before lightningd commits it; but when the
+            # destination or the uplink goes away, the node stays up
+            # (degrade) rather than stopping (halt). A stopped node cannot
+            # watch its channels or answer a cheat within the to_self_delay,
+            # which is worse than minutes of background-only shipping with
+            # the local journal still holding everything, the error logged
+            # and `remote.degraded` in the status. halt is for a quorum of
+            # independent destinations.
+            'remote_sync = "channel-state"',
+            'remote_sync_on_timeout = "degrade"',
+            'remote_sync_timeout_ms = %d' % REMOTE_SYNC_TIMEOUT_MS,
+        ] + self.s3.destination())
+        # The configuration holds the destination's credentials.
+        os.chmod(os.path.join(self.a.netdir, 'cln-replica.toml'), 0o600)
         self.b = env.node('b', replica=False)
         self.c = env.node('c', replica=False)
         self.paid = 0          # payments that succeeded, steady and in flight
         self.interrupted = 0   # payments a fault interrupted
         self.index = 0         # position in the payment cycle
         self.faults = {k: 0 for k in FAULTS}
-        self.checks = 0
+        self.checks = 0        # journal restores equal to the database
+        self.dest_checks = 0   # restores from the destination equal to the database
+        self.resumed_after = []  # per s3_kill: payments until the synchronous tier was back
         self.samples = []      # (paid, rss_kib, journal_bytes, db_bytes)
         self.stream = None     # the in-flight payments of the last fault
 
@@ -194,6 +309,54 @@ class Soak:
     def check(self, label):
         suite.check_journal(self.env, self.a, '%s-%d' % (label, self.checks))
         self.checks += 1
+
+    def destination(self):
+        return self.a.rpc.call('replica-status')['remote']['destinations'][0]
+
+    def wait_caught_up(self, what):
+        """a is running: its destination holds every record of the local
+        journal and its last attempt succeeded."""
+        def ok():
+            d = self.destination()
+            return d['connected'] and d['queue_records'] == 0 and d['last_error'] is None
+        t = time.monotonic()
+        wait_for(ok, 'the destination to catch up (%s)' % what, CATCHUP_TIMEOUT_S, max_interval=1)
+        return time.monotonic() - t
+
+    def check_destination(self, label):
+        """a is running and quiet: once the destination has caught up, a
+        stops cleanly (its drain ships what lightningd wrote since); the
+        destination's tip must then be the journal's, and a restore from it
+        must equal the database."""
+        self.wait_caught_up(label)
+        self.a.stop()
+        label = '%s-%d' % (label, self.dest_checks)
+        snap = db_snapshot(self.a.db, os.path.join(self.env.workdir, 'dest-%s-node.sqlite3' % label))
+        dv = data_version(snap)
+        gen, tip = journal_tip(self.env, self.a.journal)
+        if tip != dv:
+            raise Failure('%s: after a clean stop the journal (data_version %s) is not at the database (%d)'
+                          % (label, tip, dv))
+        cli = [self.env.plugin, '--from', self.s3.url(), '--key-file', self.key, '--json']
+        survey = json.loads(run([cli[0], 'status'] + cli[1:], env=self.s3.cli_env()).stdout)['survey']
+        t = survey['tip']
+        if t is None or (t['generation'], t['data_version']) != (gen, dv):
+            raise Failure('%s: the destination\'s tip is %s, the journal is at generation %d data_version %d '
+                          '(the plugin said it had caught up, and the clean stop drains)'
+                          % (label, t and 'generation %d data_version %d' % (t['generation'], t['data_version']),
+                             gen, dv))
+        rest = os.path.join(self.env.workdir, 'dest-%s-restored.sqlite3' % label)
+        rep = json.loads(run([cli[0], 'restore'] + cli[1:3] + ['--to', rest] + cli[3:],
+                             env=self.s3.cli_env()).stdout)
+        diffs = compare_dbs(snap, rest)
+        if diffs:
+            raise Failure('%s: the restore from the destination differs from the node\'s database:\n  %s'
+                          % (label, '\n  '.join(diffs[:30])))
+        self.dest_checks += 1
+        log('CHECK %s: restore from %s == node database at data_version %d, generation %d (tip counter %d)'
+            % (label, survey['destination'], dv, rep['generation'], t['counter']))
+        for p in (snap, rest):
+            os.unlink(p)
 
     # -- the faults ----------------------------------------------------------
     def kill9_lightningd(self):
@@ -266,6 +429,67 @@ class Soak:
         self.check('clean-restart')
         return 'stop took %.2f s' % secs
 
+    def s3_kill(self):
+        offset = self.a.log_size()
+        s = self.in_flight()
+        failed_before = s.failed
+        self.s3.kill9()
+        t_kill = time.monotonic()
+        try:
+            wait_for(lambda: self.a.rpc.call('replica-status')['remote']['degraded'],
+                     'the plugin to degrade with its destination gone', DOWN_TIMEOUT_S, max_interval=0.5)
+            degraded_s = time.monotonic() - t_kill
+            ok_degraded = s.ok
+            wait_for(lambda: s.ok >= ok_degraded + PAYMENTS_WHILE_DOWN or s.failed > failed_before
+                     or not self.a.running(),
+                     '%d payments with the destination gone' % PAYMENTS_WHILE_DOWN, DOWN_TIMEOUT_S, max_interval=0.5)
+        finally:
+            s.stop_flag.set()
+        if not self.a.running():
+            raise Failure('lightningd stopped while its destination was gone (remote_sync_on_timeout = "degrade")')
+        if s.failed > failed_before:
+            raise Failure('a payment failed while the destination was gone: degrade must keep the node paying')
+        if not suite.log_lines(self.a, r'SYNCHRONOUS REPLICATION DEGRADED', offset):
+            raise Failure('the plugin degraded without its SYNCHRONOUS REPLICATION DEGRADED error in the log')
+        down = self.destination()
+        if not down['lagging'] or not down['last_error']:
+            raise Failure('the destination is gone but its status says lagging %s, last_error %r'
+                          % (down['lagging'], down['last_error']))
+        paid_down = s.ok - ok_degraded
+        self.s3.start()
+        self.end_stream(s)
+        self.join_stream()
+        for x in self.nodes:
+            x.wait_htlcs_resolved()
+        catchup = self.wait_caught_up('after s3s-fs restarted')
+        # The synchronous tier resumes at the first channel-state change that
+        # finds the destination already holding every record before it
+        # (src/remote/sync.rs). A payment's first channel-state change
+        # usually follows a record written moments before (its invoice or
+        # payment row), still in the worker's batching delay: so it may take
+        # some payments, each a chance.
+        resumed_after = None
+        for k in range(1, RESUME_PAYMENTS_MAX + 1):
+            pay_cycle(self.payer, *self.nodes, self.index)
+            self.index += 1
+            self.paid += 1
+            if not self.a.rpc.call('replica-status')['remote']['degraded']:
+                resumed_after = k
+                break
+        if resumed_after is None:
+            raise Failure('the destination caught up but the synchronous tier is still degraded after %d payments'
+                          % RESUME_PAYMENTS_MAX)
+        if not suite.log_lines(self.a, r'synchronous tier is active again', offset):
+            raise Failure('the synchronous tier came back without saying so in the log')
+        for x in self.nodes:
+            x.wait_htlcs_resolved()
+        self.a.stop()
+        self.check('s3-kill')
+        self.resumed_after.append(resumed_after)
+        return ('degraded %.1f s after the kill, %d payments while down (queue %d records); caught up %.1f s '
+                'after the restart, synchronous again after %d payment(s)' % (
+                    degraded_s, paid_down, down['queue_records'], catchup, resumed_after))
+
     # -- the run -------------------------------------------------------------
     def schedule(self):
         kinds = [k for k in FAULTS if k != 'device_full' or self.env.loop is not None]
@@ -278,6 +502,7 @@ class Soak:
 
     def run(self):
         t0 = time.monotonic()
+        self.s3.start()
         self.a.start()
         setup_star(self.env, self.a, self.b, self.c, extra_channel=False)
         plan = self.schedule()
@@ -290,8 +515,11 @@ class Soak:
             self.sample()
             what = getattr(self, kind)()
             self.faults[kind] += 1
-            log('FAULT %s after %d payments: %s; journal check %d passed' % (kind, self.paid, what, self.checks))
             self.resume(join=True)
+            self.check_destination(kind.replace('_', '-'))
+            self.resume()
+            log('FAULT %s after %d payments: %s; journal checks %d, destination checks %d passed' % (
+                kind, self.paid, what, self.checks, self.dest_checks))
             self.sample()
         if self.paid < self.args.payments:
             self.steady(self.args.payments - self.paid)
@@ -302,7 +530,7 @@ class Soak:
         a = self.a
         for x in self.nodes:
             x.wait_htlcs_resolved()
-        a.stop()
+        self.check_destination('final')
         self.check('final')
         restored = os.path.join(self.env.workdir, 'soak-restored.sqlite3')
         restore(self.env, a.journal, restored)
@@ -319,7 +547,7 @@ class Soak:
         log('a node booted on the restored database pays and forwards')
         for x in self.nodes:
             x.wait_htlcs_resolved()
-        a.stop()
+        self.check_destination('on-the-restore')
         self.check('on-the-restore')
         for x in (self.b, self.c):
             x.stop()
@@ -368,15 +596,25 @@ def main():
         print('  faults: %s' % ', '.join('%s %d' % kv for kv in soak.faults.items()))
         print('  journal checks passed: %d (restore == node database after every fault, at the end, and on the '
               'restored node)' % soak.checks)
+        print('  s3_kill: synchronous tier active again after %s payment(s) once caught up' % (
+            ', '.join(map(str, soak.resumed_after)) or '-'))
+        print('  destination checks passed: %d (restore from s3s-fs == node database, after every fault once caught '
+              'up, at the end, and on the restored node)' % soak.dest_checks)
         print('  plugin RSS: peak %d KiB; largest in the first third %d KiB, in the last %d KiB (%d samples)' % (
             figures['rss_kib_peak'], figures['rss_kib_first_third_max'], figures['rss_kib_last_third_max'],
             figures['samples']))
         print('  journal: at most %d bytes (bound %d)' % (figures['journal_bytes_max'],
                                                           figures['journal_bytes_bound']))
         print(json.dumps({'seed': args.seed, 'payments': soak.paid, 'interrupted': soak.interrupted,
-                          'seconds': round(secs), 'faults': soak.faults, 'checks': soak.checks, **figures}))
+                          'seconds': round(secs), 'faults': soak.faults, 'checks': soak.checks,
+                          'destination_checks': soak.dest_checks, 'sync_resumed_after_payments': soak.resumed_after,
+                          **figures}))
     except Failure as e:
         print('soak FAILED (seed %d): %s' % (args.seed, e), file=sys.stderr)
+        env.print_log_tails()
+        env.keep = True
+    except Exception:  # noqa: B902 - an RPC error the steps did not expect: the same evidence kept
+        print('soak FAILED (seed %d): %s' % (args.seed, traceback.format_exc()), file=sys.stderr)
         env.print_log_tails()
         env.keep = True
     finally:
