@@ -437,6 +437,69 @@ fn sync_tier_never_continues_for_an_unreplicated_channel_change() {
     node.kill_plugin().unwrap();
 }
 
+/// A busy node gets its synchronous tier back after an outage. Its changes
+/// come more often than the background worker ships (it gathers a batch for
+/// `remote_lag_ms / 4`, and each upload takes its round trip), so the
+/// destination seldom holds everything before a channel-state change; once
+/// it is nearly there, one short wait of a channel-state change lets it
+/// catch up to that change. Returns the hooks it took.
+fn busy_node_gets_its_synchronous_tier_back(
+    destination: &str,
+    outage: &mut dyn FnMut(),
+    back: &mut dyn FnMut(),
+) -> u64 {
+    let (s, _key) = setup(
+        destination,
+        "remote_sync = \"channel-state\"\nremote_sync_timeout_ms = 500\nremote_sync_on_timeout = \"degrade\"\n",
+    );
+    let mut node = start(&s);
+    let mut w = Workload::new(4);
+    run(&mut node, &mut w, 60);
+    wait_caught_up(&s, &node, Duration::from_secs(60));
+    outage();
+    let channel = |i: u64| vec![format!("UPDATE channels SET state = state WHERE id = -{i};")];
+    expect_continue(node.commit(&channel(1)).unwrap(), &node);
+    assert_eq!(replica_status(&mut node)["remote"]["degraded"], true, "{}", node.logs().join("\n"));
+    back();
+    // A busy node: a change every few milliseconds, every tenth a channel's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut hooks = 0u64;
+    while replica_status(&mut node)["remote"]["degraded"] == true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded after {hooks} hooks: {}\n{}",
+            replica_status(&mut node)["remote"],
+            node.logs().join("\n")
+        );
+        for _ in 0..9 {
+            expect_continue(node.apply(&w.next_change()).unwrap(), &node);
+        }
+        hooks += 10;
+        expect_continue(node.commit(&channel(hooks)).unwrap(), &node);
+    }
+    assert!(logs_contain(&node, "the synchronous tier is active again"));
+    // Synchronous again: a channel-state change waits for the destination,
+    // so it is there when the hook returns.
+    expect_continue(node.commit(&channel(hooks + 1)).unwrap(), &node);
+    let dests = replica_status(&mut node)["remote"]["destinations"].clone();
+    assert_eq!(dests[0]["acked_data_version"].as_u64(), Some(u64::from(node.data_version())), "{dests}");
+    node.shutdown_plugin().unwrap();
+    hooks
+}
+
+#[test]
+fn a_busy_node_gets_its_synchronous_tier_back_after_an_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("nas");
+    let aside = std::cell::RefCell::new(None);
+    let hooks = busy_node_gets_its_synchronous_tier_back(
+        &file_destination(&dest),
+        &mut || *aside.borrow_mut() = Some(take_away(&dest)),
+        &mut || bring_back(&dest, aside.borrow().as_ref().unwrap()),
+    );
+    eprintln!("file://: the synchronous tier was back after {hooks} hooks");
+}
+
 // ---- S3 (s3s-fs) and SFTP (sshd): real servers on 127.0.0.1 ----
 
 #[test]
@@ -1005,4 +1068,20 @@ fn a_real_v26_hsm_secret_keys_the_destinations_and_restores_on_a_fresh_machine()
     );
     let plain = cln_replica::remote::hsm::load_hsm_secret(&secret, None).unwrap();
     assert_ne!(plain.id(), k.id());
+}
+
+#[test]
+#[ignore = "needs s3s-fs: scripts/test.d/60-remote"]
+fn s3_a_busy_node_gets_its_synchronous_tier_back_after_an_outage() {
+    s3_env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, port) = (tmp.path().join("s3"), free_port());
+    let server = std::cell::RefCell::new(Some(S3Server::start(&root, port)));
+    let destination = server.borrow().as_ref().unwrap().destination("busy");
+    let hooks = busy_node_gets_its_synchronous_tier_back(
+        &destination,
+        &mut || server.borrow_mut().as_mut().unwrap().kill(),
+        &mut || *server.borrow_mut() = Some(S3Server::start(&root, port)),
+    );
+    eprintln!("s3: the synchronous tier was back after {hooks} hooks");
 }
