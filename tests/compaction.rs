@@ -277,6 +277,23 @@ fn compaction_state(node: &mut SimNode) -> serde_json::Value {
     node.request("replica-status", serde_json::json!({})).unwrap().unwrap()["result"]["compaction"].clone()
 }
 
+/// Applies changes at a node's pace until `replica-status` counts `n`
+/// compactions (the background one is adopted at a hook), or `BACKGROUND`
+/// elapses. Returns whether it got there.
+fn changes_until_compactions(node: &mut SimNode, w: &mut Workload, n: u64) -> bool {
+    let deadline = std::time::Instant::now() + BACKGROUND;
+    while compaction_state(node)["compactions"] != n {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        changes(node, w, 1);
+        // A node's pace, not a flood: the compactor runs at idle I/O priority
+        // and must get the device now and then (under emulation it starved).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 #[test]
 fn the_plugin_compacts_on_request_in_the_background_and_switches_at_a_hook() {
     let s = Setup::new("keep_generations = 1\nsegment_bytes = 262144\n");
@@ -288,14 +305,7 @@ fn the_plugin_compacts_on_request_in_the_background_and_switches_at_a_hook() {
     let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
     assert_eq!(answer["result"]["started"], true, "{answer}");
     // It runs in the background and is adopted at a hook: changes keep coming.
-    let deadline = std::time::Instant::now() + BACKGROUND;
-    while compaction_state(&mut node)["compactions"] != 1 && std::time::Instant::now() < deadline {
-        changes(&mut node, &mut w, 1);
-        // A node's pace, not a flood: the compactor runs at idle I/O priority
-        // and must get the device now and then (under emulation it starved).
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let switched = compaction_state(&mut node)["compactions"] == 1;
+    let switched = changes_until_compactions(&mut node, &mut w, 1);
     assert!(switched, "{:?}\n{}", compaction_state(&mut node), node.logs().join("\n"));
     changes(&mut node, &mut w, 20);
     s.assert_restores_to(&node);
@@ -325,12 +335,7 @@ fn the_compactions_progress_is_in_replica_status_until_it_is_adopted() {
     // compaction first, so that the one watched copies a real snapshot.
     changes(&mut node, &mut w, 300);
     node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
-    let deadline = std::time::Instant::now() + BACKGROUND;
-    while compaction_state(&mut node)["compactions"] != 1 {
-        assert!(std::time::Instant::now() < deadline, "{}", compaction_state(&mut node));
-        changes(&mut node, &mut w, 1);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(changes_until_compactions(&mut node, &mut w, 1), "{}", compaction_state(&mut node));
     changes(&mut node, &mut w, 300);
     let answer = node.request("replica-compact", serde_json::json!({})).unwrap().unwrap();
     assert_eq!(answer["result"]["started"], true, "{answer}");

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from realnode import (Env, Failure, Payer, pay_cycle, connect, log, run, setup_star,  # noqa: E402
+from realnode import (Env, Failure, Payer, Throttle, pay_cycle, connect, log, run, setup_star,  # noqa: E402
                       wait_channel_normal)
 from pyln.client import RpcError  # noqa: E402
 
@@ -53,36 +53,6 @@ ARM_LABEL = {
 # new one); 16 MiB keeps two kept generations well inside the device.
 SEGMENT_BYTES = 16 << 20
 LOOP_MB = 512
-CGROUP_ROOT = '/sys/fs/cgroup/blkio'
-
-
-class Throttle:
-    """A cgroup v1 blkio group that limits writes (and reads) to one block
-    device; lightningd joins it before it execs, so its plugins inherit it."""
-
-    def __init__(self, dev, mbps):
-        self.path = os.path.join(CGROUP_ROOT, 'cln-replica-bench-%d' % os.getpid())
-        majmin = run(['lsblk', '-dno', 'MAJ:MIN', dev]).stdout.strip()
-        bps = int(mbps * (1 << 20))
-        os.mkdir(self.path)
-        for knob in ('blkio.throttle.write_bps_device', 'blkio.throttle.read_bps_device'):
-            with open(os.path.join(self.path, knob), 'w') as f:
-                f.write('%s %d\n' % (majmin, bps))
-        self.desc = '%s (%s) throttled to %.0f MiB/s' % (dev, majmin, mbps)
-
-    def wrapper(self, workdir, lightningd):
-        """An executable that puts itself in the group, then becomes lightningd."""
-        path = os.path.join(workdir, 'lightningd-throttled')
-        with open(path, 'w') as f:
-            f.write('#!/bin/sh\necho $$ > %s/cgroup.procs || exit 1\nexec %s "$@"\n' % (self.path, lightningd))
-        os.chmod(path, 0o755)
-        return path
-
-    def cleanup(self):
-        try:
-            os.rmdir(self.path)
-        except OSError as e:
-            log('cleanup: cannot remove cgroup %s: %s' % (self.path, e))
 
 
 def percentile(v, q):
@@ -212,8 +182,8 @@ def main():
         os.environ['FLOOR_PLUGIN_MIB'] = '64'
         lightningd = env.lightningd
         if args.throttle_mbps:
-            throttle = Throttle(env.loop.dev, args.throttle_mbps)
-            lightningd = throttle.wrapper(env.workdir, env.lightningd)
+            throttle = Throttle(env, env.loop.dev, int(args.throttle_mbps * (1 << 20)), 'bench')
+            lightningd = throttle.wrapper
             log('journal device: %s' % throttle.desc)
         a = env.node('a', replica=False)
         a.replica = True

@@ -51,14 +51,13 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from realnode import (  # noqa: E402
-    Env, Failure, LightningRpc, Payer, log, setup_star, wait_for)
+    CGROUP_ROOT, Env, Failure, LightningRpc, Payer, Throttle, log, setup_star, wait_for)
 import suite  # noqa: E402
 from suite import check_journal, datastore_work, wait_mesh  # noqa: E402
 
@@ -70,7 +69,6 @@ ROW_BYTES = 32 << 10
 ROWS_PER_TXN = 64
 # A USB stick's sequential speed.
 DEFAULT_BPS = 20 << 20
-CGROUP_ROOT = '/sys/fs/cgroup/blkio'
 # Waits for a start: a snapshot of the whole database at the throttled speed
 # (read from the main disk, written to the device) plus lightningd's own
 # start, with a margin for a loaded machine.
@@ -121,58 +119,6 @@ def grow_database(db, mib):
         return n
     finally:
         conn.close()
-
-
-class Throttle:
-    """A cgroup v1 blkio group throttling one block device, read and write;
-    a wrapper script puts lightningd into it before exec'ing it, so the
-    plugin (its child) is throttled too and nothing else is."""
-
-    def __init__(self, env, dev, bps):
-        self.group = os.path.join(CGROUP_ROOT, 'cln-replica-scale-node-%d' % os.getpid())
-        majmin = subprocess.run(['lsblk', '-dno', 'MAJ:MIN', dev], check=True, stdout=subprocess.PIPE,
-                                text=True).stdout.strip()
-        os.mkdir(self.group)
-        for f in ('blkio.throttle.write_bps_device', 'blkio.throttle.read_bps_device'):
-            with open(os.path.join(self.group, f), 'w') as fh:
-                fh.write('%s %d\n' % (majmin, bps))
-        self.majmin = majmin
-        self.wrapper = os.path.join(env.workdir, 'lightningd-throttled')
-        with open(self.wrapper, 'w') as f:
-            f.write('#!/bin/sh\necho $$ > %s/cgroup.procs || exit 97\nexec %s "$@"\n'
-                    % (self.group, env.lightningd))
-        os.chmod(self.wrapper, 0o755)
-        log('throttle: %s at %d bytes/s read and write on %s (%s)' % (self.group, bps, dev, majmin))
-
-    def written_bytes(self):
-        """Bytes the group has written to the device so far. Writes the
-        kernel's flusher thread makes on the group's behalf are not counted
-        (nor throttled): cgroup v1 charges only I/O a member submits itself,
-        such as an fsync's. Past the dirty background threshold
-        (/proc/sys/vm/dirty_background_ratio of memory) the flusher takes
-        over and the device runs at its own speed: comparing this count with
-        what the journal grew tells whether the throttle held."""
-        with open(os.path.join(self.group, 'blkio.throttle.io_service_bytes')) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == self.majmin and parts[1] == 'Write':
-                    return int(parts[2])
-        return 0
-
-    def cleanup(self):
-        if not os.path.isdir(self.group):
-            return
-        # Whatever is still in the group (nothing once the nodes are killed)
-        # goes back to the root group first: a group with members cannot go.
-        try:
-            with open(os.path.join(self.group, 'cgroup.procs')) as f:
-                pids = [p.strip() for p in f if p.strip()]
-            for p in pids:
-                with open(os.path.join(CGROUP_ROOT, 'cgroup.procs'), 'w') as f:
-                    f.write(p + '\n')
-            os.rmdir(self.group)
-        except OSError as e:
-            log('cleanup: cannot remove %s: %s' % (self.group, e))
 
 
 class Scale:
@@ -385,7 +331,7 @@ class Scale:
         if args.bps:
             if env.loop is None or not os.path.isdir(CGROUP_ROOT):
                 raise Failure('--bps needs root, a loop device and cgroup v1 blkio (%s)' % CGROUP_ROOT)
-            self.throttle = Throttle(env, env.loop.dev, args.bps)
+            self.throttle = Throttle(env, env.loop.dev, args.bps, 'scale-node')
         self.payer = Payer(seed=16)
         a = env.node('a', replica=False)
         b = env.node('b', replica=False)

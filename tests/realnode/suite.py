@@ -15,6 +15,7 @@ sorted), at the data_version the database is at. docs/REAL-NODE.md says what
 each step proves and how long it takes.
 """
 import argparse
+import fcntl
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -252,8 +254,6 @@ def kill9_lightningd_midcommit(env, a, attempts=400):
 def unread_bytes(pid, fd):
     """Bytes waiting in the pipe that is process `pid`'s file descriptor `fd`
     (what lightningd wrote to a plugin that has not read it yet)."""
-    import fcntl
-    import termios
     p = os.open('/proc/%d/fd/%d' % (pid, fd), os.O_RDONLY | os.O_NONBLOCK)
     try:
         buf = fcntl.ioctl(p, termios.FIONREAD, b'\0\0\0\0')
