@@ -277,7 +277,8 @@ fn timed_hooks(node: &mut SimNode, w: &mut crate::sim::workload::Workload, n: us
 
 /// Hook latencies without and during one compaction.
 struct CompactionRun {
-    without: Vec<u64>,
+    /// The hooks just before `replica-compact`.
+    before: Vec<u64>,
     /// Every hook from `replica-compact` up to and including the one that
     /// switched generations.
     during: Vec<u64>,
@@ -286,8 +287,12 @@ struct CompactionRun {
     switch_us: u64,
 }
 
-/// Times `hooks` hooks, then starts `replica-compact` and times hooks (20 at
-/// a time between looks at its progress) until the compaction has switched.
+/// Hooks timed between two looks at `replica-status` while a compaction runs.
+const HOOKS_PER_LOOK: usize = 20;
+
+/// Times `hooks` hooks, then starts `replica-compact` and times hooks
+/// ([`HOOKS_PER_LOOK`] at a time between looks at its progress) until the
+/// compaction has switched.
 fn hooks_around_compaction(
     node: &mut SimNode,
     w: &mut crate::sim::workload::Workload,
@@ -295,7 +300,7 @@ fn hooks_around_compaction(
 ) -> Result<CompactionRun> {
     /// A compaction that takes longer than this is reported as a failure.
     const COMPACTION_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
-    let without = timed_hooks(node, w, hooks)?;
+    let before = timed_hooks(node, w, hooks)?;
     let started = Instant::now();
     let answer = node.request("replica-compact", serde_json::json!({}))?.unwrap_or_default();
     if answer["result"]["started"] != true {
@@ -303,7 +308,7 @@ fn hooks_around_compaction(
     }
     let mut during = vec![];
     let switch_us = loop {
-        during.extend(timed_hooks(node, w, 20)?);
+        during.extend(timed_hooks(node, w, HOOKS_PER_LOOK)?);
         let st = node.request("replica-status", serde_json::json!({}))?.unwrap_or_default();
         let c = &st["result"]["compaction"];
         if c["compactions"].as_u64().unwrap_or(0) >= 1 {
@@ -313,7 +318,7 @@ fn hooks_around_compaction(
             bail!("the compaction did not finish within {COMPACTION_WAIT_MAX:?}");
         }
     };
-    Ok(CompactionRun { without, during, seconds: started.elapsed().as_secs_f64(), switch_us })
+    Ok(CompactionRun { before, during, seconds: started.elapsed().as_secs_f64(), switch_us })
 }
 
 /// `bench --compaction-mib N`: a database of about N MiB is built through the
@@ -347,7 +352,7 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     let db_bytes = grow_database(&mut node, &mut w, mib)?;
     let build_s = built.elapsed().as_secs_f64();
 
-    let CompactionRun { without: baseline, during, seconds: compaction_s, switch_us } =
+    let CompactionRun { before: baseline, during, seconds: compaction_s, switch_us } =
         hooks_around_compaction(&mut node, &mut w, a.hooks)?;
     let after = timed_hooks(&mut node, &mut w, a.hooks.min(500))?;
     node.shutdown_plugin()?;

@@ -96,6 +96,9 @@ struct Model {
     clock: u64,
 }
 
+/// Clone: two runs of one trace from the same point (bench --scale-mib's
+/// twin arm) hand out the same changes.
+#[derive(Clone)]
 pub struct Workload {
     rng: Rng,
     model: Model,

@@ -10,7 +10,11 @@
 //!   waits (the stall an operator sees when installing the plugin);
 //! - the time until the destination holds the newest version (the base and
 //!   the records after it, shipped in the background);
-//! - hook p50/p99 without and during a compaction of the whole database;
+//! - hook p50/p99 during a compaction of the whole database, and without
+//!   one on the same portion of the trace: the database is copied before the
+//!   plugin first starts, and a twin arm (a fresh journal, mirror and
+//!   destination) starts on the copy after the compacting arm is done and
+//!   replays the same changes with no compaction;
 //! - `restore` from the journal, `verify`, and `restore --from` the
 //!   destination: wall time and peak RSS of each;
 //! - the plugin's peak RSS over the whole run.
@@ -20,7 +24,7 @@
 //! is on `--dir`, the backup device. scripts/scale-bench runs this on a
 //! loop-mounted ext4, also throttled to a USB stick's speed.
 
-use super::{apply_ok, figures, grow_database, hooks_around_compaction, Figures};
+use super::{apply_ok, figures, grow_database, hooks_around_compaction, timed_hooks, Figures, HOOKS_PER_LOOK};
 use crate::sim::workload::Workload;
 use crate::sim::SimNode;
 use anyhow::{bail, Context, Result};
@@ -138,6 +142,79 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Where one arm's node and plugin keep their files. The journal is on the
+/// backup device (`--dir`); the rest on `--node-dir`.
+struct Arm {
+    node_dir: PathBuf,
+    journal: PathBuf,
+    mirror: PathBuf,
+    dest: PathBuf,
+}
+
+impl Arm {
+    fn new(device: &Path, base: &Path, name: &str) -> Result<Arm> {
+        let arm = Arm {
+            node_dir: base.join(name),
+            journal: device.join(format!("{name}-journal")),
+            mirror: base.join(format!("{name}-mirror.sqlite3")),
+            dest: base.join(format!("{name}-destination")),
+        };
+        std::fs::create_dir_all(&arm.node_dir)?;
+        Ok(arm)
+    }
+
+    fn database(&self) -> PathBuf {
+        crate::sim::node::database_path(&self.node_dir)
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dest.display())
+    }
+
+    /// Everything on: journal, mirror, an encrypted `file://` destination.
+    fn configure(&self, key: &Path) -> Result<()> {
+        let mut cfg = super::super::demo::write_config(&self.node_dir, &self.journal)?;
+        cfg.compact_journal_bytes = 0;
+        // The first generation stays after the compaction: a restore of its
+        // whole history (its snapshot and every change in it) is timed too.
+        cfg.keep_generations = 2;
+        cfg.key_file = Some(key.to_path_buf());
+        cfg.mirror = Some(self.mirror.clone());
+        let mut text = cfg.to_toml()?;
+        text.push_str(&format!("[[destination]]\nurl = \"{}\"\nupload_bytes_per_s_max = 1073741824\n", self.url()));
+        std::fs::write(self.node_dir.join(crate::config::CONFIG_FILE), text)?;
+        Ok(())
+    }
+
+    /// Starts the plugin on the node's database, built without it, and takes
+    /// the first hook (which finds no journal and takes the snapshot before it
+    /// answers); then waits until the destination holds it. Returns the node,
+    /// the first hook's seconds and the seconds until shipped.
+    fn start(&self, exe: &Path, w: &mut Workload) -> Result<(SimNode, f64, f64)> {
+        let mut node = SimNode::open(&self.node_dir)?;
+        node.start_plugin(exe, &[])?;
+        node.init_plugin()?;
+        let c = w.next_change();
+        apply_ok(&mut node, &c)?;
+        let first_hook_s = *node.hook_latencies_us.last().context("no hook was timed")? as f64 / 1e6;
+        let version = node.data_version();
+        let ship_s = until_shipped(&mut node, version)?;
+        Ok((node, first_hook_s, ship_s))
+    }
+
+    fn remove(&self) -> Result<()> {
+        for d in [&self.node_dir, &self.journal, &self.dest] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).with_context(|| format!("cannot remove {}", d.display()))?;
+            }
+        }
+        if self.mirror.exists() {
+            std::fs::remove_file(&self.mirror)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn run(o: Options) -> Result<ExitCode> {
     let journal_work =
         tempfile::Builder::new().prefix("cln-replica-scale").tempdir_in(o.dir).context("cannot work in --dir")?;
@@ -147,52 +224,33 @@ pub fn run(o: Options) -> Result<ExitCode> {
     }
     .context("cannot create the node's temporary directory")?;
     // The plugin runs in the node's directory: every path must be absolute.
-    let journal = std::fs::canonicalize(journal_work.path())?.join("journal");
+    let device = std::fs::canonicalize(journal_work.path())?;
     let base = std::fs::canonicalize(node_work.path())?;
-    let node_dir = base.join("node");
-    let dest = base.join("destination");
+    // Two arms on identical databases, fed the same trace: `compacting`
+    // compacts while its hooks are timed, `twin` times the same portion of
+    // the trace without a compaction.
+    let arm = Arm::new(&device, &base, "node")?;
+    let twin = Arm::new(&device, &base, "twin")?;
     let key = base.join("replica.key");
-    let mirror = base.join("mirror.sqlite3");
-    std::fs::create_dir_all(&node_dir)?;
     crate::remote::crypto::Key::generate()?.write_new_file(&key)?;
 
     // The node ran before the plugin: its database is built unseen.
     let built = Instant::now();
-    let mut node = SimNode::open(&node_dir)?;
+    let mut node = SimNode::open(&arm.node_dir)?;
     for c in Workload::schema() {
         apply_ok(&mut node, &c)?;
     }
     let mut w = Workload::new(1);
     let db_bytes = grow_database(&mut node, &mut w, o.mib)?;
-    let db_path = crate::sim::node::database_path(&node_dir);
     let build_s = built.elapsed().as_secs_f64();
+    node.copy_database(&twin.database())?;
+    drop(node);
+    let mut twin_w = w.clone();
+    arm.configure(&key)?;
 
-    let mut cfg = super::super::demo::write_config(&node_dir, &journal)?;
-    cfg.compact_journal_bytes = 0;
-    // The first generation stays after the compaction: a restore of its
-    // whole history (its snapshot and every change in it) is timed too.
-    cfg.keep_generations = 2;
-    cfg.key_file = Some(key.clone());
-    cfg.mirror = Some(mirror.clone());
-    let mut text = cfg.to_toml()?;
-    text.push_str(&format!(
-        "[[destination]]\nurl = \"file://{}\"\nupload_bytes_per_s_max = 1073741824\n",
-        dest.display()
-    ));
-    std::fs::write(node_dir.join(crate::config::CONFIG_FILE), text)?;
-
-    node.start_plugin(&o.exe, &[])?;
-    node.init_plugin()?;
+    let (mut node, first_hook_s, ship_s) = arm.start(&o.exe, &mut w)?;
     let pid = node.plugin_pid().context("the plugin has no pid")?;
-    // The first hook finds no journal for this database: it takes the
-    // snapshot before it answers.
-    let c = w.next_change();
-    apply_ok(&mut node, &c)?;
-    let first_hook_s = *node.hook_latencies_us.last().context("no hook was timed")? as f64 / 1e6;
     let after_snapshot_kib = vm_hwm_kib(pid).unwrap_or(0);
-    let version = node.data_version();
-    let ship_s = until_shipped(&mut node, version)?;
-
     let c = hooks_around_compaction(&mut node, &mut w, o.hooks)?;
     let version = node.data_version();
     let ship_after_compaction_s = until_shipped(&mut node, version)?;
@@ -203,6 +261,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
     }
     drop(node);
 
+    let journal = &arm.journal;
     let restored = base.join("restored.sqlite3");
     let from_history = base.join("from-history.sqlite3");
     let from_remote = base.join("from-remote.sqlite3");
@@ -212,7 +271,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
     )?;
     // Just before the compacted generation's base: the first generation's
     // snapshot and every change it holds, replayed.
-    let inventory = crate::inventory::inventory(&journal)?;
+    let inventory = crate::inventory::inventory(journal)?;
     let [first, compacted] = inventory.generations.as_slice() else {
         bail!("the journal holds {} generations, not the first and the compacted one", inventory.generations.len())
     };
@@ -238,7 +297,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
         );
     }
     let (verify, _) = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
-    let url = format!("file://{}", dest.display());
+    let url = arm.url();
     let remote_restore = Run::restore(
         &o.exe,
         &[
@@ -256,22 +315,53 @@ pub fn run(o: Options) -> Result<ExitCode> {
         &o.exe,
         &["compact".as_ref(), "--from".as_ref(), journal.as_os_str(), "--keep".as_ref(), "1".as_ref()],
     )?;
+    let db_path = arm.database();
     let same = crate::dbcompare::compare_files(&db_path, &restored)?.is_empty()
         && crate::dbcompare::compare_files(&db_path, &from_remote)?.is_empty()
-        && crate::dbcompare::compare_files(&db_path, &mirror)?.is_empty();
+        && crate::dbcompare::compare_files(&db_path, &arm.mirror)?.is_empty();
     if !same {
         bail!("a restored database or the mirror differs from the node's");
     }
-    let (without, during) = (figures(c.without), figures(c.during));
+    let final_version = crate::snapshot::data_version(&rusqlite::Connection::open(&db_path)?)?;
+    for f in [&restored, &from_history, &from_remote] {
+        std::fs::remove_file(f)?;
+    }
+    // The compacting arm's files go before the twin starts: the twin finds
+    // the backup device as the compacting arm did.
+    arm.remove()?;
+
+    let twin_w = &mut twin_w;
+    twin.configure(&key)?;
+    let (mut node, twin_first_hook_s, _) = twin.start(&o.exe, twin_w)?;
+    let before_twin = timed_hooks(&mut node, twin_w, o.hooks)?;
+    let without = twin_portion(&mut node, twin_w, c.during.len())?;
+    let (exit, _) = node.shutdown_plugin()?;
+    if !exit.success() {
+        bail!("the twin's plugin exited {exit}: {}", node.logs().join("\n"));
+    }
+    if before_twin.len() != c.before.len() || Some(node.data_version()) != final_version {
+        bail!(
+            "the twin ended at data_version {}, not the compacting arm's {final_version:?}: not the same trace",
+            node.data_version()
+        );
+    }
+    drop(node);
+    twin.remove()?;
+
+    let hooks_during = c.during.len();
+    let (before, without, during) = (figures(c.before), figures(without), figures(c.during));
     let ratio = during.p99_us as f64 / without.p99_us.max(1) as f64;
     let report = Report {
         database_bytes: db_bytes,
         build_seconds: build_s,
         first_hook_seconds: first_hook_s,
+        twin_first_hook_seconds: twin_first_hook_s,
         ship_seconds: ship_s,
         ship_after_compaction_seconds: ship_after_compaction_s,
         compaction_seconds: c.seconds,
         switch_us: c.switch_us,
+        before_compaction: before,
+        hooks_during,
         without_compaction: without,
         during_compaction: during,
         p99_ratio: ratio,
@@ -291,15 +381,34 @@ pub fn run(o: Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The twin's `n` hooks of the trace portion the compacting arm timed during
+/// its compaction, with a look at `replica-status` after every
+/// [`HOOKS_PER_LOOK`] as the compacting arm had.
+fn twin_portion(node: &mut SimNode, w: &mut Workload, n: usize) -> Result<Vec<u64>> {
+    let mut timed = Vec::with_capacity(n);
+    while timed.len() < n {
+        timed.extend(timed_hooks(node, w, HOOKS_PER_LOOK.min(n - timed.len()))?);
+        node.request("replica-status", serde_json::json!({}))?;
+    }
+    Ok(timed)
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Report {
     database_bytes: u64,
     build_seconds: f64,
     first_hook_seconds: f64,
+    /// The twin arm's first hook: the same snapshot taken again.
+    twin_first_hook_seconds: f64,
     ship_seconds: f64,
     ship_after_compaction_seconds: f64,
     compaction_seconds: f64,
     switch_us: u64,
+    /// The compacting arm's hooks just before its compaction.
+    before_compaction: Figures,
+    /// Hooks from `replica-compact` up to and including the switch.
+    hooks_during: usize,
+    /// The twin's hooks of the same trace portion as `during_compaction`.
     without_compaction: Figures,
     during_compaction: Figures,
     p99_ratio: f64,
@@ -325,8 +434,16 @@ impl Report {
             r.build_seconds,
             dir.display()
         );
-        println!("  first hook (the snapshot, lightningd waiting): {:>8.2} s", r.first_hook_seconds);
+        println!(
+            "  first hook (the snapshot, lightningd waiting): {:>8.2} s  (the twin's: {:.2} s)",
+            r.first_hook_seconds, r.twin_first_hook_seconds
+        );
         println!("  destination caught up after it:                {:>8.2} s", r.ship_seconds);
+        println!(
+            "  hooks before compaction:   p50 {:>6} us  p99 {:>6} us  max {:>8} us",
+            r.before_compaction.p50_us, r.before_compaction.p99_us, r.before_compaction.max_us
+        );
+        println!("  the same portion as below, the twin without compaction ({} hooks):", r.hooks_during);
         println!(
             "  hooks without compaction:  p50 {:>6} us  p99 {:>6} us  max {:>8} us",
             r.without_compaction.p50_us, r.without_compaction.p99_us, r.without_compaction.max_us
