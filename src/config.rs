@@ -71,6 +71,12 @@ pub struct Config {
     /// holds at least one change (0: never by age).
     #[serde(default)]
     pub compact_after_secs: u64,
+    /// The background compaction's average write rate on the journal's
+    /// device, in bytes/s (0: no rate bound; it still leaves the device idle
+    /// half the time). At most half the device's sustained write rate keeps
+    /// the hooks' flushes from queueing behind it (docs/COMPACTION.md).
+    #[serde(default = "default_compact_bytes_per_s_max")]
+    pub compact_bytes_per_s_max: u64,
     /// A second SQLite database kept up to date from the journal, bootable as
     /// is (relative to this file's directory unless absolute).
     #[serde(default)]
@@ -194,6 +200,10 @@ fn default_keep_generations() -> u32 {
 fn default_compact_journal_bytes() -> u64 {
     1 << 30
 }
+/// 8 MiB/s: under half a USB 2 stick's 20 MB/s.
+fn default_compact_bytes_per_s_max() -> u64 {
+    8 << 20
+}
 fn default_remote_quorum() -> usize {
     1
 }
@@ -235,6 +245,7 @@ impl Config {
             keep_generations: default_keep_generations(),
             compact_journal_bytes: default_compact_journal_bytes(),
             compact_after_secs: 0,
+            compact_bytes_per_s_max: default_compact_bytes_per_s_max(),
             mirror: None,
             mirror_max_lag: default_mirror_max_lag(),
             key_file: None,

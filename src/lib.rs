@@ -29,6 +29,7 @@ pub mod health;
 pub mod inventory;
 pub mod journal;
 pub mod mirror;
+pub mod pace;
 #[cfg(feature = "panel")]
 pub mod panel;
 pub mod plugin;

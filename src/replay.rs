@@ -262,20 +262,15 @@ pub fn copy_snapshot(generation: &Generation, dest: &Path) -> Result<()> {
     copy_snapshot_paced(generation, dest, None, &mut |_| {})
 }
 
-/// A paced copy rests after each chunk for as long as the chunk took, at
-/// most this long.
-const COPY_REST_MAX: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// [`copy_snapshot`] in chunks of `flush_every` bytes when given (at most
-/// 1 MiB), each read, written and flushed, then a rest as long as the chunk
-/// took: a background copy then never has more than one chunk in the
-/// device's queue in front of the journal's flushes, and leaves the device
-/// idle half the time. On a 20 MB/s stick a hook waits at most one chunk's
-/// transfer (6 ms for 128 KiB; an unpaced copy made it 365 ms at p99).
+/// [`copy_snapshot`] in the pacer's chunks when given (at most 1 MiB), each
+/// read, written and flushed, then rested within the pacer's bounds
+/// ([`crate::pace`]): a background copy then never has more than one chunk in
+/// the device's queue in front of the journal's flushes. `on_copied` is told
+/// the bytes copied so far after each chunk.
 pub fn copy_snapshot_paced(
     generation: &Generation,
     dest: &Path,
-    flush_every: Option<u64>,
+    mut pacer: Option<&mut crate::pace::Pacer>,
     on_copied: &mut dyn FnMut(u64),
 ) -> Result<()> {
     const CHUNK_MAX_BYTES: u64 = 1 << 20;
@@ -288,7 +283,8 @@ pub fn copy_snapshot_paced(
         .mode(0o600)
         .open(dest)
         .with_context(|| format!("cannot create {}", dest.display()))?;
-    let mut buf = vec![0u8; flush_every.unwrap_or(CHUNK_MAX_BYTES).clamp(4096, CHUNK_MAX_BYTES) as usize];
+    let chunk = pacer.as_ref().map_or(CHUNK_MAX_BYTES, |p| p.chunk_bytes());
+    let mut buf = vec![0u8; chunk.clamp(4096, CHUNK_MAX_BYTES) as usize];
     let (mut len, mut crc) = (0u64, 0u32);
     loop {
         let started = std::time::Instant::now();
@@ -299,9 +295,9 @@ pub fn copy_snapshot_paced(
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         len += n as u64;
         dst.write_all(&buf[..n]).with_context(|| format!("cannot write {}", dest.display()))?;
-        if flush_every.is_some() {
+        if let Some(p) = pacer.as_deref_mut() {
             dst.sync_data().with_context(|| format!("cannot flush {}", dest.display()))?;
-            std::thread::sleep(started.elapsed().min(COPY_REST_MAX));
+            p.rest_after(n as u64, started.elapsed());
         }
         on_copied(len);
     }

@@ -282,6 +282,10 @@ struct CompactionRun {
     /// Every hook from `replica-compact` up to and including the one that
     /// switched generations.
     during: Vec<u64>,
+    /// The compaction's phase (`replica-status` → `compaction.progress.phase`)
+    /// at the look before each run of hooks, and the hooks in `during` it
+    /// covers, in order.
+    phases: Vec<(String, std::ops::Range<usize>)>,
     seconds: f64,
     /// The switch's own time inside the hook that made it.
     switch_us: u64,
@@ -307,18 +311,28 @@ fn hooks_around_compaction(
         bail!("replica-compact: {answer}");
     }
     let mut during = vec![];
+    let mut phases: Vec<(String, std::ops::Range<usize>)> = vec![];
+    let mut phase = "copying_snapshot".to_string();
     let switch_us = loop {
+        let from = during.len();
         during.extend(timed_hooks(node, w, HOOKS_PER_LOOK)?);
+        match phases.last_mut() {
+            Some((p, range)) if *p == phase => range.end = during.len(),
+            _ => phases.push((phase.clone(), from..during.len())),
+        }
         let st = node.request("replica-status", serde_json::json!({}))?.unwrap_or_default();
         let c = &st["result"]["compaction"];
         if c["compactions"].as_u64().unwrap_or(0) >= 1 {
             break c["last_switch_us"].as_u64().unwrap_or(0);
         }
+        if let Some(p) = c["progress"]["phase"].as_str() {
+            phase = p.to_string();
+        }
         if started.elapsed() > COMPACTION_WAIT_MAX {
             bail!("the compaction did not finish within {COMPACTION_WAIT_MAX:?}");
         }
     };
-    Ok(CompactionRun { before, during, seconds: started.elapsed().as_secs_f64(), switch_us })
+    Ok(CompactionRun { before, during, phases, seconds: started.elapsed().as_secs_f64(), switch_us })
 }
 
 /// `bench --compaction-mib N`: a database of about N MiB is built through the
@@ -352,7 +366,7 @@ fn run_compaction(a: &Args, mib: u64) -> Result<ExitCode> {
     let db_bytes = grow_database(&mut node, &mut w, mib)?;
     let build_s = built.elapsed().as_secs_f64();
 
-    let CompactionRun { before: baseline, during, seconds: compaction_s, switch_us } =
+    let CompactionRun { before: baseline, during, seconds: compaction_s, switch_us, .. } =
         hooks_around_compaction(&mut node, &mut w, a.hooks)?;
     let after = timed_hooks(&mut node, &mut w, a.hooks.min(500))?;
     node.shutdown_plugin()?;

@@ -9,14 +9,16 @@ use crate::journal::format::{BaseKind, RecordKind, SegmentHeader};
 use crate::journal::reader::{Generation, Record, RecordLoc};
 use crate::journal::writer::PreparedGeneration;
 use crate::journal::{layout, segment, Bound, Change, Cursor, JournalOptions, Resolved};
+use crate::pace::{Pace, Pacer};
 use crate::replay::{self, ReplayDb};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The snapshot copy's chunk, each flushed and followed by a rest as long as
-/// it took ([`replay::copy_snapshot_paced`]).
-const COPY_FLUSH_BYTES: u64 = 128 << 10;
+/// The chunk of the compaction's writes beside a running journal (the
+/// snapshot copy, segment 1's zeros), each flushed and rested after
+/// ([`crate::pace`]): a hook's flush waits behind one chunk at most.
+pub const PACED_CHUNK_BYTES: u64 = 128 << 10;
 
 /// Builds the snapshot of the next generation from the current one.
 pub struct Builder {
@@ -36,6 +38,8 @@ pub struct Builder {
     pub applied: u64,
     /// Called after each record read (offline: the progress bar).
     pub on_record: Option<Box<dyn FnMut(u64, RecordLoc) + Send>>,
+    /// The job's writes beside a running journal; none offline.
+    pacer: Option<Pacer>,
 }
 
 /// What the hook thread needs to switch to a compacted generation.
@@ -52,25 +56,26 @@ pub struct Handoff {
 
 impl Builder {
     /// Step 1: the working directory, the old snapshot, an empty segment 1.
-    /// `paced`: the copy shares the device with a running journal (the
-    /// plugin), so it goes in small flushed chunks with rests. `on_copied` is
-    /// told the snapshot bytes copied so far, after each chunk.
+    /// `pace`: the job shares the device with a running journal (the plugin),
+    /// so its writes go in small flushed chunks, rested within the pace.
+    /// `on_copied` is told the snapshot bytes copied so far, after each chunk.
     pub fn start(
         journal: &Path,
         device: Arc<dyn Device>,
         opts: &JournalOptions,
         old: &Generation,
         number: u64,
-        paced: bool,
+        pace: Option<Pace>,
         on_copied: &mut dyn FnMut(u64),
     ) -> Result<Builder> {
+        let mut pacer = pace.map(Pacer::new);
         let dir = layout::generation_compact_dir(journal, number);
         if dir.exists() {
             device.remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
         }
         device.create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let snap = dir.join(layout::SNAPSHOT_FILE);
-        replay::copy_snapshot_paced(old, &snap, paced.then_some(COPY_FLUSH_BYTES), on_copied)?;
+        replay::copy_snapshot_paced(old, &snap, pacer.as_mut(), on_copied)?;
         crash_point("compact-snapshot-copied");
         let block_bytes = old.block_bytes();
         let segment_bytes = opts.segment_bytes.next_multiple_of(block_bytes as u64);
@@ -80,6 +85,7 @@ impl Builder {
             segment_bytes,
             block_bytes,
             opts.direct_io,
+            pacer.as_mut(),
         )?;
         let conn = replay::open_for_replay(&snap)?;
         Ok(Builder {
@@ -96,6 +102,7 @@ impl Builder {
             filter: old.header.filter,
             applied: 0,
             on_record: None,
+            pacer,
         })
     }
 
@@ -160,6 +167,7 @@ impl Builder {
                 self.segment_bytes,
                 self.block_bytes,
                 self.direct,
+                self.pacer.as_mut(),
             )?;
         }
         self.device.sync_file(&snap).with_context(|| format!("cannot flush {}", snap.display()))?;

@@ -1,12 +1,14 @@
 //! The plugin's background compactor: steps 1-3 in a thread that follows
 //! the writer, handing over to the hook thread when it is close to the tip.
 
+use super::builder::PACED_CHUNK_BYTES;
 use super::{Builder, Handoff};
 use crate::clock::now_unix_ms;
 use crate::crashpoint;
 use crate::device::Device;
 use crate::journal::reader::Generation;
 use crate::journal::{layout, JournalOptions, Progress};
+use crate::pace::Pace;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,8 @@ pub struct Compactor {
     device: Arc<dyn Device>,
     opts: JournalOptions,
     progress: Arc<Progress>,
+    /// How the job's writes share the device with the hooks' flushes.
+    pace: Pace,
 }
 
 #[derive(Default)]
@@ -130,8 +134,17 @@ impl Reporter {
 }
 
 impl Compactor {
-    pub fn new(journal: PathBuf, device: Arc<dyn Device>, opts: JournalOptions, progress: Arc<Progress>) -> Compactor {
-        Compactor { shared: Arc::default(), journal, device, opts, progress }
+    /// `bytes_per_s_max`: the job's average write rate on the journal's device
+    /// (`compact_bytes_per_s_max`; 0: only the half-time rest).
+    pub fn new(
+        journal: PathBuf,
+        device: Arc<dyn Device>,
+        opts: JournalOptions,
+        progress: Arc<Progress>,
+        bytes_per_s_max: u64,
+    ) -> Compactor {
+        let pace = Pace { chunk_bytes: PACED_CHUNK_BYTES, bytes_per_s_max };
+        Compactor { shared: Arc::default(), journal, device, opts, progress, pace }
     }
 
     /// Starts a job unless one is running.
@@ -150,14 +163,15 @@ impl Compactor {
             st.progress = Some(CompactionProgress::default());
         }
         let shared = self.shared.clone();
-        let (journal, device, opts, progress) =
-            (self.journal.clone(), self.device.clone(), self.opts.clone(), self.progress.clone());
+        let (journal, device, opts, progress, pace) =
+            (self.journal.clone(), self.device.clone(), self.opts.clone(), self.progress.clone(), self.pace);
         let status = status.clone();
         std::thread::Builder::new()
             .name("compactor".into())
             .spawn(move || {
                 crate::priority::background_priority();
-                let result = job(&journal, device.clone(), &opts, &progress, &shared.stop, Reporter(status.clone()));
+                let result =
+                    job(&journal, device.clone(), &opts, pace, &progress, &shared.stop, Reporter(status.clone()));
                 let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
                 let mut st = status.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
@@ -213,6 +227,7 @@ fn job(
     journal: &Path,
     device: Arc<dyn Device>,
     opts: &JournalOptions,
+    pace: Pace,
     progress: &Progress,
     stop: &AtomicBool,
     report: Reporter,
@@ -226,15 +241,17 @@ fn job(
     let snapshot_bytes = old.header.snapshot_bytes;
     report.update(|r| r.snapshot_bytes = snapshot_bytes);
     let mut on_copied = |copied| report.update(|r| r.snapshot_copied_bytes = copied);
-    let b = Builder::start(journal, device.clone(), opts, &old, p.generation + 1, true, &mut on_copied).map(|mut b| {
-        report.update(|r| r.phase = CompactionPhase::ApplyingRecords);
-        let (report, mut applied) = (report.clone(), 0u64);
-        b.on_record = Some(Box::new(move |_, _| {
-            applied += 1;
-            report.update(|r| r.records_applied = applied);
-        }));
-        b
-    });
+    let b = Builder::start(journal, device.clone(), opts, &old, p.generation + 1, Some(pace), &mut on_copied).map(
+        |mut b| {
+            report.update(|r| r.phase = CompactionPhase::ApplyingRecords);
+            let (report, mut applied) = (report.clone(), 0u64);
+            b.on_record = Some(Box::new(move |_, _| {
+                applied += 1;
+                report.update(|r| r.records_applied = applied);
+            }));
+            b
+        },
+    );
     let result = follow(b, progress, stop, &report);
     if result.is_err() {
         let _ = device.remove_dir_all(&dir);

@@ -50,7 +50,7 @@ pub fn compact_offline(
         &config.journal_options(),
         old,
         journal.next_generation_number(),
-        false,
+        None,
         &mut |_| {},
     )?;
     if let Some(mut f) = progress {

@@ -11,6 +11,7 @@ use super::error::{io_at, WriteError};
 use super::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::layout;
 use crate::device::{self, AlignedBuf, Device};
+use crate::pace::Pacer;
 use std::io;
 use std::path::Path;
 
@@ -35,15 +36,29 @@ pub(crate) fn write_error(err: io::Error, path: &Path, direct: bool) -> WriteErr
     }
 }
 
-/// Writes zeros over `[from, to)` of `f`, in chunks.
-fn zero_fill(f: &mut dyn device::DeviceFile, path: &Path, from: u64, to: u64, direct: bool) -> Result<(), WriteError> {
-    let mut buf = AlignedBuf::with_capacity(ZERO_CHUNK_BYTES);
+/// Writes zeros over `[from, to)` of `f`, in chunks (the pacer's, each
+/// flushed and rested after, when given).
+fn zero_fill(
+    f: &mut dyn device::DeviceFile,
+    path: &Path,
+    from: u64,
+    to: u64,
+    direct: bool,
+    mut pacer: Option<&mut Pacer>,
+) -> Result<(), WriteError> {
+    let chunk = pacer.as_ref().map_or(ZERO_CHUNK_BYTES, |p| (p.chunk_bytes() as usize).clamp(4096, ZERO_CHUNK_BYTES));
+    let mut buf = AlignedBuf::with_capacity(chunk);
     let mut offset = from;
     while offset < to {
-        let n = (to - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let started = std::time::Instant::now();
+        let n = (to - offset).min(chunk as u64) as usize;
         buf.reset_zeroed(n);
         f.write_all_at(&buf, offset).map_err(|e| write_error(e, path, direct))?;
         offset += n as u64;
+        if let Some(p) = pacer.as_deref_mut() {
+            f.sync_data().map_err(io_at(format!("cannot flush {}", path.display())))?;
+            p.rest_after(n as u64, started.elapsed());
+        }
     }
     Ok(())
 }
@@ -63,7 +78,7 @@ pub fn create_segment(
     let mut f = device.create(&tmp, direct).map_err(|e| write_error(e, &tmp, direct))?;
     let head = header_block(header);
     f.write_all_at(&head, 0).map_err(|e| write_error(e, &tmp, direct))?;
-    zero_fill(f.as_mut(), &tmp, head.len() as u64, header.segment_bytes, direct)?;
+    zero_fill(f.as_mut(), &tmp, head.len() as u64, header.segment_bytes, direct, None)?;
     f.sync_data().map_err(io_at(format!("cannot flush {}", tmp.display())))?;
     drop(f);
     device.rename(&tmp, &path).map_err(io_at(format!("cannot rename {}", tmp.display())))?;
@@ -71,7 +86,8 @@ pub fn create_segment(
     Ok(())
 }
 
-/// Creates a segment file of `bytes` bytes, all zeros, flushed: space for a
+/// Creates a segment file of `bytes` bytes, all zeros, flushed (paced when a
+/// pacer is given: compaction's segment 1 beside a running journal): space for a
 /// generation built in the background. Its header is written later
 /// ([`write_segment_header`]), once the snapshot it describes is final.
 pub fn create_zeroed_segment(
@@ -80,10 +96,11 @@ pub fn create_zeroed_segment(
     bytes: u64,
     block: u32,
     direct: bool,
+    pacer: Option<&mut Pacer>,
 ) -> Result<(), WriteError> {
     assert!(bytes.is_multiple_of(block as u64), "segment size is whole blocks");
     let mut f = device.create(path, direct).map_err(|e| write_error(e, path, direct))?;
-    zero_fill(f.as_mut(), path, 0, bytes, direct)?;
+    zero_fill(f.as_mut(), path, 0, bytes, direct, pacer)?;
     f.sync_data().map_err(io_at(format!("cannot flush {}", path.display())))?;
     Ok(())
 }

@@ -56,8 +56,13 @@ impl Background {
         out: Arc<Output>,
         status: &StatusBoard,
     ) -> Result<Background> {
-        let compactor =
-            Compactor::new(config.journal.clone(), device.clone(), config.journal_options(), journal.progress());
+        let compactor = Compactor::new(
+            config.journal.clone(),
+            device.clone(),
+            config.journal_options(),
+            journal.progress(),
+            config.compact_bytes_per_s_max,
+        );
         let mirror = match &config.mirror {
             Some(path) => Some(
                 Mirror::spawn(config.journal.clone(), path.clone(), journal.progress())

@@ -349,6 +349,16 @@ pub fn run(o: Options) -> Result<ExitCode> {
     twin.remove()?;
 
     let hooks_during = c.during.len();
+    let by_phase = c
+        .phases
+        .iter()
+        .map(|(phase, r)| PhaseFigures {
+            phase: phase.clone(),
+            hooks: r.len(),
+            during: figures(c.during[r.clone()].to_vec()),
+            without: figures(without[r.clone()].to_vec()),
+        })
+        .collect();
     let (before, without, during) = (figures(c.before), figures(without), figures(c.during));
     let ratio = during.p99_us as f64 / without.p99_us.max(1) as f64;
     let report = Report {
@@ -362,6 +372,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
         switch_us: c.switch_us,
         before_compaction: before,
         hooks_during,
+        by_phase,
         without_compaction: without,
         during_compaction: during,
         p99_ratio: ratio,
@@ -393,6 +404,15 @@ fn twin_portion(node: &mut SimNode, w: &mut Workload, n: usize) -> Result<Vec<u6
     Ok(timed)
 }
 
+/// The hooks of one phase of the compaction, and the twin's same hooks.
+#[derive(Debug, serde::Serialize)]
+struct PhaseFigures {
+    phase: String,
+    hooks: usize,
+    during: Figures,
+    without: Figures,
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Report {
     database_bytes: u64,
@@ -410,6 +430,8 @@ struct Report {
     hooks_during: usize,
     /// The twin's hooks of the same trace portion as `during_compaction`.
     without_compaction: Figures,
+    /// The same, split by the compaction's phase.
+    by_phase: Vec<PhaseFigures>,
     during_compaction: Figures,
     p99_ratio: f64,
     plugin_peak_rss_kib: u64,
@@ -457,6 +479,12 @@ impl Report {
             r.switch_us
         );
         println!("  p99 during / p99 without = {:.2}", r.p99_ratio);
+        for p in &r.by_phase {
+            println!(
+                "    {:<17} {:>6} hooks: p99 {:>6} us during, {:>6} us without; max {:>8} us, {:>8} us",
+                p.phase, p.hooks, p.during.p99_us, p.without.p99_us, p.during.max_us, p.without.max_us
+            );
+        }
         println!("  destination caught up after the compaction:   {:>8.2} s", r.ship_after_compaction_seconds);
         println!(
             "  plugin peak RSS: {:.1} MiB ({:.1} MiB after the snapshot)",
