@@ -28,7 +28,7 @@ fn the_scale_benchmark_runs_end_to_end_and_reports_every_figure() {
     assert!(o.status.success(), "{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     assert!(r["database_bytes"].as_u64().unwrap() >= 12 << 20, "{r}");
-    for run in ["restore", "history", "verify", "remote_restore", "compact"] {
+    for run in ["restore", "history", "verify", "verify_one", "remote_restore", "compact"] {
         assert!(r[run]["peak_rss_kib"].as_u64().unwrap() > 0, "{run}: {r}");
     }
     // The first generation's whole history is replayed: at least the hooks

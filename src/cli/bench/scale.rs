@@ -15,7 +15,8 @@
 //!   plugin first starts, and a twin arm (a fresh journal, mirror and
 //!   destination) starts on the copy after the compacting arm is done and
 //!   replays the same changes with no compaction;
-//! - `restore` from the journal, `verify`, and `restore --from` the
+//! - `restore` from the journal, `verify` (of two generations, and of one
+//!   after the offline `compact`), and `restore --from` the
 //!   destination: wall time and peak RSS of each;
 //! - the plugin's peak RSS over the whole run.
 //!
@@ -315,6 +316,9 @@ pub fn run(o: Options) -> Result<ExitCode> {
         &o.exe,
         &["compact".as_ref(), "--from".as_ref(), journal.as_os_str(), "--keep".as_ref(), "1".as_ref()],
     )?;
+    // `verify` above checked both generations kept (keep_generations = 2,
+    // the default); now the journal holds one.
+    let (verify_one, _) = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
     let db_path = arm.database();
     let same = crate::dbcompare::compare_files(&db_path, &restored)?.is_empty()
         && crate::dbcompare::compare_files(&db_path, &from_remote)?.is_empty()
@@ -381,6 +385,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
         restore,
         history,
         verify,
+        verify_one,
         remote_restore,
         compact,
     };
@@ -440,7 +445,10 @@ struct Report {
     /// The first generation, restored at its last version: its snapshot and
     /// every change it holds.
     history: Run,
+    /// `verify` of both generations kept.
     verify: Run,
+    /// `verify` after the offline compact: one generation.
+    verify_one: Run,
     remote_restore: Run,
     /// `cln-replica compact`, the plugin stopped.
     compact: Run,
@@ -494,7 +502,8 @@ impl Report {
         for (what, run) in [
             ("restore (journal)", &r.restore),
             ("restore --at (history)", &r.history),
-            ("verify", &r.verify),
+            ("verify (2 generations)", &r.verify),
+            ("verify (1 generation)", &r.verify_one),
             ("restore --from file://", &r.remote_restore),
             ("compact (offline)", &r.compact),
         ] {
