@@ -38,8 +38,8 @@ pub struct Builder {
     pub applied: u64,
     /// Called after each record read (offline: the progress bar).
     pub on_record: Option<Box<dyn FnMut(u64, RecordLoc) + Send>>,
-    /// The job's writes beside a running journal; none offline.
-    pacer: Option<Pacer>,
+    /// How the job writes beside a running journal; none offline.
+    pace: Option<Pace>,
 }
 
 /// What the hook thread needs to switch to a compacted generation.
@@ -102,7 +102,7 @@ impl Builder {
             filter: old.header.filter,
             applied: 0,
             on_record: None,
-            pacer,
+            pace,
         })
     }
 
@@ -167,7 +167,8 @@ impl Builder {
                 self.segment_bytes,
                 self.block_bytes,
                 self.direct,
-                self.pacer.as_mut(),
+                // A pacer of its own: the time since the copy is no credit.
+                self.pace.map(Pacer::new).as_mut(),
             )?;
         }
         self.device.sync_file(&snap).with_context(|| format!("cannot flush {}", snap.display()))?;
