@@ -312,7 +312,10 @@ fn hooks_around_compaction(
     }
     let mut during = vec![];
     let mut phases: Vec<(String, std::ops::Range<usize>)> = vec![];
-    let mut phase = "copying_snapshot".to_string();
+    let mut phase = serde_json::to_value(crate::compact::CompactionPhase::default())?
+        .as_str()
+        .context("a compaction phase is a string")?
+        .to_string();
     let switch_us = loop {
         let from = during.len();
         during.extend(timed_hooks(node, w, HOOKS_PER_LOOK)?);

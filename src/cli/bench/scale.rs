@@ -230,14 +230,14 @@ pub fn run(o: Options) -> Result<ExitCode> {
     // Two arms on identical databases, fed the same trace: `compacting`
     // compacts while its hooks are timed, `twin` times the same portion of
     // the trace without a compaction.
-    let arm = Arm::new(&device, &base, "node")?;
+    let compacting = Arm::new(&device, &base, "node")?;
     let twin = Arm::new(&device, &base, "twin")?;
     let key = base.join("replica.key");
     crate::remote::crypto::Key::generate()?.write_new_file(&key)?;
 
     // The node ran before the plugin: its database is built unseen.
     let built = Instant::now();
-    let mut node = SimNode::open(&arm.node_dir)?;
+    let mut node = SimNode::open(&compacting.node_dir)?;
     for c in Workload::schema() {
         apply_ok(&mut node, &c)?;
     }
@@ -247,9 +247,9 @@ pub fn run(o: Options) -> Result<ExitCode> {
     node.copy_database(&twin.database())?;
     drop(node);
     let mut twin_w = w.clone();
-    arm.configure(&key)?;
+    compacting.configure(&key)?;
 
-    let (mut node, first_hook_s, ship_s) = arm.start(&o.exe, &mut w)?;
+    let (mut node, first_hook_s, ship_s) = compacting.start(&o.exe, &mut w)?;
     let pid = node.plugin_pid().context("the plugin has no pid")?;
     let after_snapshot_kib = vm_hwm_kib(pid).unwrap_or(0);
     let c = hooks_around_compaction(&mut node, &mut w, o.hooks)?;
@@ -262,7 +262,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
     }
     drop(node);
 
-    let journal = &arm.journal;
+    let journal = &compacting.journal;
     let restored = base.join("restored.sqlite3");
     let from_history = base.join("from-history.sqlite3");
     let from_remote = base.join("from-remote.sqlite3");
@@ -298,7 +298,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
         );
     }
     let (verify, _) = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
-    let url = arm.url();
+    let url = compacting.url();
     let remote_restore = Run::restore(
         &o.exe,
         &[
@@ -319,10 +319,10 @@ pub fn run(o: Options) -> Result<ExitCode> {
     // `verify` above checked both generations kept (keep_generations = 2,
     // the default); now the journal holds one.
     let (verify_one, _) = measured(&o.exe, &["verify".as_ref(), "--from".as_ref(), journal.as_os_str()])?;
-    let db_path = arm.database();
+    let db_path = compacting.database();
     let same = crate::dbcompare::compare_files(&db_path, &restored)?.is_empty()
         && crate::dbcompare::compare_files(&db_path, &from_remote)?.is_empty()
-        && crate::dbcompare::compare_files(&db_path, &arm.mirror)?.is_empty();
+        && crate::dbcompare::compare_files(&db_path, &compacting.mirror)?.is_empty();
     if !same {
         bail!("a restored database or the mirror differs from the node's");
     }
@@ -332,7 +332,7 @@ pub fn run(o: Options) -> Result<ExitCode> {
     }
     // The compacting arm's files go before the twin starts: the twin finds
     // the backup device as the compacting arm did.
-    arm.remove()?;
+    compacting.remove()?;
 
     let twin_w = &mut twin_w;
     twin.configure(&key)?;
