@@ -11,7 +11,15 @@
 //! - `FLOOR_PLUGIN_FILE`: the file to write (default `floor-plugin.dat` in the
 //!   working directory, lightningd's network directory);
 //! - `FLOOR_PLUGIN_MIB`: its size in MiB (default 64); writes wrap around at
-//!   the end, so every write lands in space that was written and flushed once.
+//!   the end, so every write lands in space that was written and flushed once;
+//! - `FLOOR_PLUGIN_TRACE`: if set, a file to which each hook's service time
+//!   (from the message read and parsed to the answer written; cln-replica's
+//!   `CLN_REPLICA_HOOK_TRACE` counts its parse too, a few µs) is written at
+//!   exit as `unix_ms us io_us` lines, `io_us` being the write and the
+//!   fdatasync alone, so that the benchmark compares the two plugins' tails
+//!   inside the node on the same footing and tells the device's part of the
+//!   tail from the rest. At most [`TRACE_SAMPLES_MAX`] are kept; a last line
+//!   `# dropped N` says how many were not.
 //!
 //! Built with `cargo build --profile ci --example floor_plugin`.
 
@@ -20,12 +28,53 @@ use std::alloc::{self, Layout};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// O_DIRECT alignment of buffer, offset and length: 4 KiB covers the 512 B
 /// and 4 KiB logical blocks of the devices this runs on.
 const BLOCK: usize = 4096;
 /// The zero-fill is written in pieces of this size.
 const FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Hook samples kept for `FLOOR_PLUGIN_TRACE`, allocated at start so that
+/// recording one never allocates on the hook's path.
+const TRACE_SAMPLES_MAX: usize = 1 << 16;
+
+/// Each hook's `(unix_ms, us, io_us)`, written out at exit.
+struct Trace {
+    path: String,
+    samples: Vec<(u64, u32, u32)>,
+    dropped: u64,
+}
+
+impl Trace {
+    fn from_env() -> Option<Trace> {
+        let path = std::env::var("FLOOR_PLUGIN_TRACE").ok().filter(|p| !p.is_empty())?;
+        Some(Trace { path, samples: Vec::with_capacity(TRACE_SAMPLES_MAX), dropped: 0 })
+    }
+
+    fn record(&mut self, took_us: u64, io_us: u64) {
+        if self.samples.len() == TRACE_SAMPLES_MAX {
+            self.dropped += 1;
+            return;
+        }
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let us = |v: u64| v.min(u32::MAX as u64) as u32;
+        self.samples.push((ms, us(took_us), us(io_us)));
+    }
+
+    fn write(&self) -> io::Result<()> {
+        let mut text = String::with_capacity(self.samples.len() * 20);
+        for (ms, us, io_us) in &self.samples {
+            text.push_str(&format!("{ms} {us} {io_us}\n"));
+        }
+        if self.dropped > 0 {
+            text.push_str(&format!("# dropped {}\n", self.dropped));
+        }
+        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
+        f.write_all(text.as_bytes())
+    }
+}
 
 /// A block-aligned heap buffer (O_DIRECT refuses unaligned addresses).
 struct Aligned {
@@ -122,12 +171,14 @@ fn reply(out: &mut impl Write, id: &Value, result: Value) -> io::Result<()> {
 
 fn main() -> io::Result<()> {
     let mut floor = Floor::open()?;
+    let mut trace = Trace::from_env();
     let stdin = BufReader::new(io::stdin().lock());
     let mut stdout = io::stdout().lock();
     // lightningd separates messages with blank lines; the stream deserializer
     // accepts any whitespace between objects. End of input: lightningd went.
     for msg in serde_json::Deserializer::from_reader(stdin).into_iter::<Value>() {
         let msg = msg?;
+        let started = Instant::now();
         let Some(id) = msg.get("id") else { continue };
         match msg["method"].as_str() {
             Some("getmanifest") => reply(
@@ -141,8 +192,13 @@ fn main() -> io::Result<()> {
                 let writes = msg["params"]["writes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
                 // A failed write must not be acknowledged: exiting makes
                 // lightningd (for which this is an important plugin) stop.
+                let io_started = Instant::now();
                 floor.write(writes)?;
+                let io_us = io_started.elapsed().as_micros() as u64;
                 reply(&mut stdout, id, json!({"result": "continue"}))?;
+                if let Some(t) = trace.as_mut() {
+                    t.record(started.elapsed().as_micros() as u64, io_us);
+                }
             }
             _ => {
                 let err = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "unknown method"}});
@@ -151,6 +207,9 @@ fn main() -> io::Result<()> {
                 stdout.flush()?;
             }
         }
+    }
+    if let Some(t) = &trace {
+        t.write()?;
     }
     Ok(())
 }

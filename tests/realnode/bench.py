@@ -15,9 +15,13 @@ ext4 of their own, optionally throttled with cgroup v1 blkio
 Printed per arm: payments/s (every round, and the total), the ratio to the
 arm without a plugin, db_write hooks per payment (the database's
 data_version moved over the measured payments), for cln-replica the journal
-bytes per payment (`replica-status`) and the hook's service time inside the
-node, p50 and p99 (CLN_REPLICA_HOOK_TRACE: every hook of the measured window,
-from message read to answer written).
+bytes per payment (`replica-status`), and for cln-replica and the floor the
+hook's service time inside the node, p50 and p99 (CLN_REPLICA_HOOK_TRACE and
+FLOOR_PLUGIN_TRACE: every hook of the measured window, from message read to
+answer written). Beside them, once before the rounds and once after, on the
+same device (and throttle): `cln-replica bench --dir`, the plugin alone over
+its pipes with the raw fdatasync floor, so the tail inside the node can be
+told from the device's and the plugin's own.
 
     python3 tests/realnode/bench.py --plugin target/ci/cln-replica \\
         --floor-plugin target/ci/examples/floor_plugin [--rounds 3] [--payments-per-round 60] \\
@@ -134,17 +138,25 @@ def measure_arm(env, a, b, c, payer, arm, n, lightningd, floor_plugin, alt_plugi
     if st0 is not None:
         out['journal_bytes'] = st1['journal_bytes'] - st0['journal_bytes'] \
             if st1['generation'] == st0['generation'] else None
-        samples = []
+    if st0 is not None or arm == 'floor':
+        samples, io = [], []
         if os.path.exists(trace_path):
             with open(trace_path) as f:
                 for line in f:
                     if line.startswith('#'):
                         raise Failure('the hook trace dropped samples: %s' % line.strip())
-                    ms, us = line.split()
-                    if t0 * 1000 <= int(ms) <= t1 * 1000:
-                        samples.append(int(us))
+                    # The floor's lines carry a third field: its write and
+                    # fdatasync alone.
+                    f3 = line.split()
+                    if t0 * 1000 <= int(f3[0]) <= t1 * 1000:
+                        samples.append(int(f3[1]))
+                        if len(f3) > 2:
+                            io.append(int(f3[2]))
             os.unlink(trace_path)
+        if not samples:
+            raise Failure('the %s arm traced no hook in its measured window (%s)' % (arm, trace_path))
         out['hook_us'] = samples
+        out['io_us'] = io
     return out
 
 
@@ -158,6 +170,9 @@ def main():
     ap.add_argument('--alt-plugin', help='another cln-replica build, for the replica-alt arm')
     ap.add_argument('--throttle-mbps', type=float, help='cgroup v1 blkio limit on the journal device')
     ap.add_argument('--shared-cln')
+    ap.add_argument('--workdir', help='the nodes\' work directory (default: a new one under $TMPDIR); on a tmpfs, '
+                    'lightningd\'s own fsyncs leave the disk under the journal\'s loop image alone')
+    ap.add_argument('--loop-image-dir', help='where the journal device\'s image lives (default: the work directory)')
     ap.add_argument('--keep', action='store_true')
     ap.add_argument('--json', action='store_true', help='also print the figures as one JSON line')
     args = ap.parse_args()
@@ -171,13 +186,15 @@ def main():
     alt_plugin = os.path.realpath(args.alt_plugin) if args.alt_plugin else None
     if 'replica-alt' in arms and not alt_plugin:
         raise SystemExit('the replica-alt arm needs --alt-plugin')
-    env = Env(args.plugin, shared_cln=args.shared_cln, keep=args.keep, loop_mb=LOOP_MB)
+    env = Env(args.plugin, shared_cln=args.shared_cln, workdir=args.workdir, keep=args.keep, loop_mb=LOOP_MB,
+              loop_image_dir=args.loop_image_dir)
     throttle = None
     try:
         if env.loop is None:
             raise Failure('no loop device: the measurement needs the journal on a device of its own')
         trace_path = os.path.join(env.workdir, 'hook-trace')
         os.environ['CLN_REPLICA_HOOK_TRACE'] = trace_path
+        os.environ['FLOOR_PLUGIN_TRACE'] = trace_path
         os.environ['FLOOR_PLUGIN_FILE'] = os.path.join(env.loop.mnt, 'floor-plugin.dat')
         os.environ['FLOOR_PLUGIN_MIB'] = '64'
         lightningd = env.lightningd
@@ -196,6 +213,7 @@ def main():
         with open('/proc/loadavg') as f:
             load_before = f.read().split()[:3]
         payer = Payer(seed=18)
+        alone = [plugin_alone(env, throttle)]
         results = {arm: [] for arm in arms}
         for r in range(args.rounds):
             order = arms[r % len(arms):] + arms[:r % len(arms)]
@@ -206,9 +224,10 @@ def main():
                 log('round %d %-14s %6.2f payments/s (%d payments in %.1f s), %.1f hooks/payment'
                     % (r + 1, arm, res['payments_per_s'], res['payments'], res['seconds'],
                        res['hooks'] / res['payments']))
+        alone.append(plugin_alone(env, throttle))
         with open('/proc/loadavg') as f:
             load_after = f.read().split()[:3]
-        report(args, arms, results, load_before, load_after, throttle)
+        report(args, arms, results, alone, load_before, load_after, throttle)
         for x in (b, c):
             x.stop()
     finally:
@@ -217,7 +236,26 @@ def main():
             throttle.cleanup()
 
 
-def report(args, arms, results, load_before, load_after, throttle):
+# Hooks of `cln-replica bench --dir` per run beside the node: its five rounds
+# interleave the raw floor with the plugin's hooks.
+ALONE_HOOKS = 2000
+
+
+def plugin_alone(env, throttle):
+    """`cln-replica bench --dir` on the journal's device, in the blkio group
+    when throttled (as lightningd is): the plugin alone over its pipes, and
+    the raw fdatasync floor, in the same rounds. Its journal is removed after."""
+    d = os.path.join(env.loop.mnt, 'alone')
+    os.makedirs(d)
+    cmd = [env.plugin, 'bench', '--dir', d, '--hooks', str(ALONE_HOOKS), '--json']
+    if throttle:
+        cmd = throttle.command(cmd)
+    out = run(cmd).stdout
+    run(['rm', '-rf', d])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def report(args, arms, results, alone, load_before, load_after, throttle):
     summary = {}
     for arm in arms:
         rs = results[arm]
@@ -231,11 +269,21 @@ def report(args, arms, results, load_before, load_after, throttle):
             jb = [x['journal_bytes'] for x in rs if x.get('journal_bytes') is not None]
             jn = sum(x['payments'] for x in rs if x.get('journal_bytes') is not None)
             s['journal_bytes_per_payment'] = sum(jb) / jn if jn else None
+        if 'hook_us' in rs[0]:
             us = [u for x in rs for u in x['hook_us']]
             s['hook_samples'] = len(us)
             s['hook_us_p50'] = percentile(us, 0.5)
             s['hook_us_p99'] = percentile(us, 0.99)
             s['hook_us_max'] = max(us) if us else None
+            io = [u for x in rs for u in x['io_us']]
+            if io:
+                # Of the hooks at or above the p99, the share of their time
+                # in the write and the flush: the device's part of the tail.
+                tail = [(h, i) for x in rs for h, i in zip(x['hook_us'], x['io_us'])
+                        if h >= s['hook_us_p99']]
+                s['io_us_p50'] = percentile(io, 0.5)
+                s['io_us_p99'] = percentile(io, 0.99)
+                s['tail_io_share'] = sum(i for _, i in tail) / max(1, sum(h for h, _ in tail))
         summary[arm] = s
     base = summary.get('none', summary[arms[0]])['payments_per_s']
     print()
@@ -252,10 +300,20 @@ def report(args, arms, results, load_before, load_after, throttle):
             ' '.join('%.1f' % x for x in s['rounds_payments_per_s']), s['hooks_per_payment'],
             fmt(s.get('journal_bytes_per_payment'), '%.0f'), fmt(s.get('hook_us_p50'), '%dus'),
             fmt(s.get('hook_us_p99'), '%dus')))
+    for arm in arms:
+        s = summary[arm]
+        if 'io_us_p50' in s:
+            print('%s: write + fdatasync alone p50 %dus p99 %dus; the hooks at or above the p99 spent %.0f%% of '
+                  'their time in them' % (ARM_LABEL[arm], s['io_us_p50'], s['io_us_p99'], 100 * s['tail_io_share']))
+    print('the plugin alone on the same device (`cln-replica bench --dir`, %d hooks), before and after the rounds:'
+          % ALONE_HOOKS)
+    for when, x in zip(('before', 'after'), alone):
+        print('  %-6s floor (O_DIRECT write + fdatasync) p50 %6dus p99 %6dus | hook p50 %6dus p99 %6dus'
+              % (when, x['floor']['p50_us'], x['floor']['p99_us'], x['hook']['p50_us'], x['hook']['p99_us']))
     if args.json:
         print(json.dumps({'rounds': args.rounds, 'payments_per_round': args.payments_per_round,
                           'throttle_mbps': args.throttle_mbps, 'load_before': load_before,
-                          'load_after': load_after, 'arms': summary}))
+                          'load_after': load_after, 'arms': summary, 'plugin_alone': alone}))
 
 
 if __name__ == '__main__':

@@ -270,8 +270,11 @@ class LoopDevice:
     """A small ext4 filesystem on a loop device: the journal's own device, with
     its own flush path, and a real ENOSPC when filled."""
 
-    def __init__(self, workdir, size_mb):
-        self.img = os.path.join(workdir, 'backup-device.img')
+    def __init__(self, workdir, size_mb, image_dir=None):
+        # The image may live on another filesystem than the nodes (a
+        # benchmark separating the journal's flushes from lightningd's).
+        self.img = os.path.join(image_dir or workdir, 'backup-device-%d.img' % os.getpid())
+        self.img_elsewhere = image_dir is not None
         self.mnt = os.path.join(workdir, 'backup-mnt')
         self.dev = None
         self.mounted = False
@@ -308,12 +311,15 @@ class LoopDevice:
             if r.returncode != 0:
                 log('cleanup: losetup -d %s: %s' % (self.dev, r.stderr.strip()))
             self.dev = None
+        if self.img_elsewhere and os.path.exists(self.img):
+            os.unlink(self.img)
 
 
 class Env:
     """Work directory, CLN build, fake chain, backup device, and cleanup."""
 
-    def __init__(self, plugin, shared_cln=None, workdir=None, keep=False, loop_mb=256, want_loop=True):
+    def __init__(self, plugin, shared_cln=None, workdir=None, keep=False, loop_mb=256, want_loop=True,
+                 loop_image_dir=None):
         # realpath: the plugin is recognised among lightningd's children by
         # /proc/PID/exe, which is always resolved.
         self.plugin = os.path.realpath(plugin)
@@ -362,9 +368,10 @@ class Env:
         self.root = os.geteuid() == 0
         if want_loop and self.root:
             try:
-                self.loop = LoopDevice(self.workdir, loop_mb)
+                self.loop = LoopDevice(self.workdir, loop_mb, loop_image_dir)
                 self.backup_dir = self.loop.mnt
-                log('journal device: %s (%d MiB ext4 on %s)' % (self.loop.dev, loop_mb, self.loop.mnt))
+                log('journal device: %s (%d MiB ext4 on %s, image %s)'
+                    % (self.loop.dev, loop_mb, self.loop.mnt, self.loop.img))
             except Failure as e:
                 log('NOTE: no loop device (%s); the journal lives in a temporary directory' % str(e)[:200])
                 self.loop = None
@@ -958,6 +965,10 @@ class Throttle:
                     % (self.group, env.lightningd))
         os.chmod(self.wrapper, 0o755)
         log('throttle: %s at %d bytes/s read and write on %s (%s)' % (self.group, bps, dev, majmin))
+
+    def command(self, cmd):
+        """`cmd` run inside the group (as lightningd is through the wrapper)."""
+        return ['sh', '-c', 'echo $$ > %s/cgroup.procs || exit 97; exec "$@"' % self.group, 'sh'] + list(cmd)
 
     def written_bytes(self):
         """Bytes the group has written to the device so far. Writes the
