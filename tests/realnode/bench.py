@@ -13,7 +13,7 @@ ext4 of their own, optionally throttled with cgroup v1 blkio
 (`--throttle-mbps`, lightningd and its plugins in the group).
 
 Printed per arm: payments/s (every round, and the total), the ratio to the
-arm without a plugin, db_write hooks per payment (the database's
+arm without a plugin, the plugin's CPU time a payment, db_write hooks per payment (the database's
 data_version moved over the measured payments), for cln-replica the journal
 bytes per payment (`replica-status`), and for cln-replica and the floor the
 hook's service time inside the node, p50 and p99 (CLN_REPLICA_HOOK_TRACE and
@@ -39,8 +39,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from realnode import (Env, Failure, Payer, Throttle, pay_cycle, connect, log, run, setup_star,  # noqa: E402
-                      wait_channel_normal)
+from realnode import (Env, Failure, Payer, Throttle, pay_cycle, children_of, connect, exe_of, log, ppid_of,  # noqa: E402
+                      run, setup_star, wait_channel_normal)
 from pyln.client import RpcError  # noqa: E402
 
 ARMS = ('none', 'floor', 'replica', 'replica-dsync', 'replica-nostatus', 'replica-alt')
@@ -74,6 +74,19 @@ def db_version(db):
         return c.execute("SELECT intval FROM vars WHERE name = 'data_version'").fetchone()[0]
     finally:
         c.close()
+
+
+def plugin_cpu_s(node, exe):
+    """User + system CPU seconds so far of the plugin `exe` under node's
+    lightningd (every thread of it; its guard process is not counted), in
+    clock ticks (10 ms here): a figure over hundreds of payments."""
+    for p in children_of(node.proc.pid):
+        if exe_of(p) == exe and ppid_of(p) == node.proc.pid:
+            with open('/proc/%d/stat' % p) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            # utime and stime: fields 14 and 15 of stat(5), after pid and comm.
+            return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    raise Failure('no plugin %s under lightningd %s' % (exe, node.name))
 
 
 def forget_routing_failures(nodes):
@@ -122,6 +135,8 @@ def measure_arm(env, a, b, c, payer, arm, n, lightningd, floor_plugin, alt_plugi
     for x in (a, b, c):
         x.wait_htlcs_resolved()
     st0 = a.replica_status() if arm.startswith('replica') else None
+    exe = {'none': None, 'floor': floor_plugin, 'replica-alt': alt_plugin}.get(arm, a.env.plugin)
+    cpu0 = plugin_cpu_s(a, exe) if exe else None
     dv0 = db_version(a.db)
     t0 = time.time()
     for i in range(n):
@@ -131,10 +146,11 @@ def measure_arm(env, a, b, c, payer, arm, n, lightningd, floor_plugin, alt_plugi
         x.wait_htlcs_resolved()
     t1 = time.time()
     dv1 = db_version(a.db)
+    cpu1 = plugin_cpu_s(a, exe) if exe else None
     st1 = a.replica_status() if arm.startswith('replica') else None
     a.stop()
     out = {'arm': arm, 'payments': n, 'seconds': secs, 'payments_per_s': n / secs,
-           'hooks': (dv1 - dv0) & 0xffffffff}
+           'hooks': (dv1 - dv0) & 0xffffffff, 'plugin_cpu_s': None if exe is None else cpu1 - cpu0}
     if st0 is not None:
         out['journal_bytes'] = st1['journal_bytes'] - st0['journal_bytes'] \
             if st1['generation'] == st0['generation'] else None
@@ -265,6 +281,8 @@ def report(args, arms, results, alone, load_before, load_after, throttle):
         s = {'payments': n, 'seconds': secs, 'payments_per_s': n / secs,
              'rounds_payments_per_s': [round(x['payments_per_s'], 2) for x in rs],
              'hooks_per_payment': hooks / n}
+        if rs[0]['plugin_cpu_s'] is not None:
+            s['plugin_cpu_ms_per_payment'] = 1000 * sum(x['plugin_cpu_s'] for x in rs) / n
         if arm.startswith('replica'):
             jb = [x['journal_bytes'] for x in rs if x.get('journal_bytes') is not None]
             jn = sum(x['payments'] for x in rs if x.get('journal_bytes') is not None)
@@ -302,6 +320,9 @@ def report(args, arms, results, alone, load_before, load_after, throttle):
             fmt(s.get('hook_us_p99'), '%dus')))
     for arm in arms:
         s = summary[arm]
+        if 'plugin_cpu_ms_per_payment' in s:
+            print('%s: the plugin\'s CPU time (user + system, all its threads) %.2f ms a payment'
+                  % (ARM_LABEL[arm], s['plugin_cpu_ms_per_payment']))
         if 'io_us_p50' in s:
             print('%s: write + fdatasync alone p50 %dus p99 %dus; the hooks at or above the p99 spent %.0f%% of '
                   'their time in them' % (ARM_LABEL[arm], s['io_us_p50'], s['io_us_p99'], 100 * s['tail_io_share']))
