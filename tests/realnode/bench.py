@@ -12,16 +12,16 @@ forwards). The journal (and the floor plugin's file) live on a loop-mounted
 ext4 of their own, optionally throttled with cgroup v1 blkio
 (`--throttle-mbps`, lightningd and its plugins in the group).
 
-Printed per arm: payments/s (every round, and the total), the ratio to the
-arm without a plugin, the plugin's CPU time a payment, db_write hooks per payment (the database's
-data_version moved over the measured payments), for cln-replica the journal
-bytes per payment (`replica-status`), and for cln-replica and the floor the
-hook's service time inside the node, p50 and p99 (CLN_REPLICA_HOOK_TRACE and
-FLOOR_PLUGIN_TRACE: every hook of the measured window, from message read to
-answer written). Beside them, once before the rounds and once after, on the
-same device (and throttle): `cln-replica bench --dir`, the plugin alone over
-its pipes with the raw fdatasync floor, so the tail inside the node can be
-told from the device's and the plugin's own.
+Printed per arm: payments/s (every round, and the total), the ratio to the arm
+without a plugin, the plugin's CPU time a payment, db_write hooks per payment
+(the database's data_version moved over the measured payments), for
+cln-replica the journal bytes per payment (`replica-status`), and for
+cln-replica and the floor the hook's service time inside the node, p50 and p99
+(CLN_REPLICA_HOOK_TRACE and FLOOR_PLUGIN_TRACE: every hook of the measured
+window, from message read to answer written). Beside them, once before the
+rounds and once after, on the same device (and throttle): `cln-replica bench
+--dir`, the plugin alone over its pipes with the raw fdatasync floor, so the
+tail inside the node can be told from the device's and the plugin's own.
 
     python3 tests/realnode/bench.py --plugin target/ci/cln-replica \\
         --floor-plugin target/ci/examples/floor_plugin [--rounds 3] [--payments-per-round 60] \\
@@ -39,8 +39,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from realnode import (Env, Failure, Payer, Throttle, pay_cycle, children_of, connect, exe_of, log, ppid_of,  # noqa: E402
-                      run, setup_star, wait_channel_normal)
+from realnode import (Env, Failure, Payer, Throttle, pay_cycle, connect, log, run, setup_star,  # noqa: E402
+                      wait_channel_normal)
 from pyln.client import RpcError  # noqa: E402
 
 ARMS = ('none', 'floor', 'replica', 'replica-dsync', 'replica-nostatus', 'replica-alt')
@@ -80,13 +80,13 @@ def plugin_cpu_s(node, exe):
     """User + system CPU seconds so far of the plugin `exe` under node's
     lightningd (every thread of it; its guard process is not counted), in
     clock ticks (10 ms here): a figure over hundreds of payments."""
-    for p in children_of(node.proc.pid):
-        if exe_of(p) == exe and ppid_of(p) == node.proc.pid:
-            with open('/proc/%d/stat' % p) as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-            # utime and stime: fields 14 and 15 of stat(5), after pid and comm.
-            return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-    raise Failure('no plugin %s under lightningd %s' % (exe, node.name))
+    pid = node.plugin_pid(exe)
+    if pid is None:
+        raise Failure('no plugin %s under lightningd %s' % (exe, node.name))
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    # utime and stime: fields 14 and 15 of stat(5), after pid and comm.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def forget_routing_failures(nodes):

@@ -569,14 +569,14 @@ class Node:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def plugin_pid(self):
-        """The pid of cln-replica under this lightningd: its direct child
-        (the plugin's guard process runs the same executable, one level
-        further down)."""
+    def plugin_pid(self, exe=None):
+        """The pid of cln-replica (or of another plugin, `exe`) under this
+        lightningd: its direct child (the plugin's guard process runs the
+        same executable, one level further down)."""
         if not self.running():
             return None
         for p in children_of(self.proc.pid):
-            if exe_of(p) == self.env.plugin and ppid_of(p) == self.proc.pid:
+            if exe_of(p) == (exe or self.env.plugin) and ppid_of(p) == self.proc.pid:
                 self.pids.add(p)
                 return p
         return None
