@@ -351,12 +351,13 @@ fn journal_poisoning_at_the_journal_level() {
     .unwrap();
     let stmt = |i: u32| vec![format!("INSERT INTO t VALUES ({i})"), format!("{INCREMENT_PREFIX}{}", i - 1)];
     j.append(1, CallKind::Txn, &stmt(1)).unwrap();
+    // The single failed flush must be the writer's: the next segment's
+    // background creation (slow under qemu) would otherwise take it.
+    j.wait_background();
     fault.fail(OpKind::SyncData, libc::EIO, 0, true);
     assert!(j.append(2, CallKind::Txn, &stmt(2)).is_err());
     assert!(j.poisoned().is_some());
-    // The next segment may still be being created in the background (slow
-    // under qemu): that is not the poisoned writer's I/O.
-    j.wait_background();
+    j.wait_background(); // only the writer's I/O is counted next
     let steps = fault.steps();
     let e = j.append(2, CallKind::Txn, &stmt(2)).unwrap_err().to_string();
     assert!(e.contains("stopped accepting writes"), "{e}");
